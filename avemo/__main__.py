@@ -1,0 +1,3 @@
+from avemo.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""Batch runs over many videos: input discovery, output paths, skipping, atomic writes.
+
+Every batch command (``faces``, ``annotate``, ``extract``) follows the same rules: inputs are any
+mix of files and folders (folders searched recursively by video extension), the input
+``<root>/<rel>/<stem>.<ext>`` maps to ``OUT/<rel>/<stem><suffix>``, existing outputs are skipped
+unless ``overwrite``, every output is written to a temporary file and renamed into place, and one
+failing file never stops the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from avemo.errors import AvemoError
+
+log = logging.getLogger("avemo")
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .wmv .flv .3gp .ts .mts .m2ts .ogv".split()
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its outputs go (``output_stem`` + a command's suffix)."""
+
+    source: Path
+    relative: Path  # path of the source relative to the folder it was found in (or its name)
+    output_stem: Path  # OUT/<rel>/<stem>
+
+    def output(self, suffix: str) -> Path:
+        return self.output_stem.with_name(self.output_stem.name + suffix)
+
+
+def find_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike) -> list[Job]:
+    """Expand files and folders into jobs, in a stable order, without duplicates.
+
+    A path that does not exist still becomes a job, so that it is reported as a failed file
+    like any other unreadable input instead of stopping the batch.
+    """
+    output_dir = Path(output_dir)
+    jobs: dict[Path, Job] = {}
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(
+                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+            )
+            pairs = [(p, p.relative_to(item)) for p in found]
+        else:
+            pairs = [(item, Path(item.name))]
+        for source, relative in pairs:
+            key = source.resolve()
+            if key not in jobs:
+                stem = output_dir / relative.parent / relative.stem
+                jobs[key] = Job(source, relative, stem)
+    return list(jobs.values())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class BatchResult:
+    done: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    failed: list[tuple[Job, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self, what: str = "files") -> str:
+        return (
+            f"{len(self.done)} {what} done, {len(self.skipped)} skipped (output exists), "
+            f"{len(self.failed)} failed in {self.seconds:.1f} s"
+        )
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a failure: the avemo message, or the exception type and text."""
+    if isinstance(error, AvemoError):
+        return str(error)
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else 'unexpected error'}"
+
+
+def run_batch(
+    jobs: list[Job],
+    process: Callable[[Job], None],
+    *,
+    outputs: Callable[[Job], list[Path]],
+    overwrite: bool = False,
+    stream=None,
+) -> BatchResult:
+    """Call ``process(job)`` for each job whose outputs do not all exist yet (or ``overwrite``).
+
+    Failures are reported as one line each on ``stream`` (stderr), prefixed with the source path
+    unless the message already names it; set ``AVEMO_DEBUG=1`` to re-raise them instead.
+    """
+    stream = stream or sys.stderr
+    result = BatchResult()
+    start = time.perf_counter()
+    for job in jobs:
+        if not overwrite and all(p.exists() for p in outputs(job)):
+            result.skipped.append(job)
+            continue
+        try:
+            process(job)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # one failing file never stops the batch
+            if os.environ.get("AVEMO_DEBUG"):
+                raise
+            line = describe_error(error)
+            if str(job.source) not in line:
+                line = f"{job.source}: {line}"
+            print(f"error: {line}", file=stream, flush=True)
+            result.failed.append((job, line))
+        else:
+            result.done.append(job)
+    result.seconds = time.perf_counter() - start
+    return result
