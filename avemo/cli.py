@@ -68,6 +68,14 @@ MaxFaces = Annotated[
 ]
 
 
+@app.command()
+def sample() -> None:
+    """Print the path of the sample clip installed with avemo (for trying it out)."""
+    from avemo.utils import sample_video
+
+    typer.echo(str(sample_video()))
+
+
 def main() -> None:
     """Entry point of the ``avemo`` console script."""
     try:
