@@ -85,3 +85,126 @@ def main() -> None:
             raise
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
+
+
+# --- avemo weights: named weights, the download cache and verification (avemo.hub) ------------
+
+weights_app = typer.Typer(
+    help="List, download and verify named weights (cache: $AVEMO_HOME, else ~/.cache/avemo).",
+    no_args_is_help=True,
+)
+app.add_typer(weights_app, name="weights")
+
+
+def _weights_failed(error: AvemoError) -> typer.Exit:
+    """Report a failed weights operation on one line; exit status 1."""
+    if os.environ.get("AVEMO_DEBUG"):
+        raise error
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(1)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """List the known weights, what they are, and whether they are here."""
+    from avemo import hub
+
+    rows = [("NAME", "COMPONENT", "IMPORT", "SIZE", "SHA256", "STATUS")]
+    for entry in hub.load_manifest().values():
+        rows.append(
+            (
+                entry.name,
+                entry.component,
+                entry.import_format or "-",
+                _size(entry.size),
+                "known" if entry.sha256 else "unknown",
+                hub.status(entry),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
+
+
+@weights_app.command("info")
+def weights_info(name: Annotated[str, typer.Argument(help="A name from `avemo weights list`.")]):
+    """Show everything the manifest and the cache know about NAME."""
+    from avemo import hub
+
+    info = hub.describe(hub.get(name))
+    for key, value in info.items():
+        if isinstance(value, list | tuple):
+            value = ", ".join(map(str, value)) or "-"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        typer.echo(f"{key + ':':15} {'-' if value is None else value}")
+
+
+@weights_app.command("pull")
+def weights_pull(
+    names: Annotated[list[str], typer.Argument(help="Names from `avemo weights list`.")],
+    trust: Annotated[
+        bool,
+        typer.Option(
+            "--trust", help="Download entries without a published sha256 and record their hash."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the server.")
+    ] = 30.0,
+) -> None:
+    """Download weights into the cache, resuming partial downloads, verifying the sha256."""
+    from avemo import hub
+
+    manifest = hub.load_manifest()
+    for name in names:
+        hub.get(name, manifest)  # an unknown name is a usage error (status 2), before any download
+    failed = False
+    for name in names:
+        try:
+            path = hub.pull(name, trust=trust, manifest=manifest, timeout=timeout)
+        except AvemoError as error:
+            _weights_failed(error)
+            failed = True
+        else:
+            typer.echo(f"{name}: {path}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@weights_app.command("verify")
+def weights_verify(
+    name: Annotated[
+        str | None, typer.Argument(help="One name; default: every bundled and cached file.")
+    ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option("--trust", help="Record the hash of a present file that has none known."),
+    ] = False,
+) -> None:
+    """Re-hash weights files and compare them with the known sha256."""
+    from avemo import hub
+
+    checks = hub.verify(name, trust=trust)
+    if not checks:
+        typer.echo("no weights files present (`avemo weights pull NAME` downloads one)")
+    for check in checks:
+        line = f"{check.name}: {check.state}: {check.message} ({check.path})"
+        typer.echo(line, err=check.failed)
+    if any(check.failed for check in checks):
+        raise typer.Exit(1)
+
+
+# `avemo weights import SRC --format FORMAT -o OUT.safetensors` (issue 7 part 3) belongs here, next
+# to pull: it converts the files above into avemo checkpoints once avemo.models has the builders.
