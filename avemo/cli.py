@@ -200,7 +200,9 @@ def weights_verify(
     if not checks:
         typer.echo("no weights files present (`avemo weights pull NAME` downloads one)")
     for check in checks:
-        line = f"{check.name}: {check.state}: {check.message} ({check.path})"
+        line = f"{check.name}: {check.state}: {check.message}"
+        if str(check.path) not in line:
+            line += f" ({check.path})"
         typer.echo(line, err=check.failed)
     if any(check.failed for check in checks):
         raise typer.Exit(1)

@@ -364,7 +364,7 @@ def _fetch(entry: Weights, url: str, *, timeout: float, progress: bool | None) -
         ):
             received = offset
             try:
-                while chunk := response.read(CHUNK_SIZE):
+                while chunk := response.read1(CHUNK_SIZE):
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
