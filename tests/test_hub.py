@@ -102,7 +102,7 @@ class Server(ThreadingHTTPServer):
 @pytest.fixture
 def server():
     srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv
     srv.release.set()
