@@ -1,0 +1,790 @@
+"""Fusion-head training on cached features: the papers' recipes, CCC loss, k-fold CV (SPEC 7).
+
+The backbones are frozen, so a head trains on the features ``avemo extract`` cached. Each video's
+clips are tiled densely into L-clip sequences (SPEC 2, :func:`avemo.clips.sequences`): every
+frame ends exactly one clip of one sequence, so an epoch sees every labelled frame once. Frames
+labelled -5 and clips past the end of the video are dropped from the loss; the loss is
+``(1 - CCC_valence) + (1 - CCC_arousal)`` over the valid frames of the batch. After each epoch the
+head predicts every validation video and is scored like ``avemo evaluate`` does (predictions
+clipped to [-1, 1], CCC over all validation frames concatenated, -5 frames dropped, mean of
+valence and arousal); the best epoch is saved with full provenance. Training is deterministic for a
+given seed (each epoch reseeds the shuffle and dropout) and resumes after an interruption from a
+state file written after every epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from avemo.batch import atomic_path
+from avemo.clips import sequences
+from avemo.errors import AvemoError
+from avemo.extract import Features, cached_videos, read_cache_info, read_features
+from avemo.metrics import ccc_loss
+
+log = logging.getLogger("avemo")
+
+INVALID_LABEL = -5.0  # Aff-Wild2 marks frames without a valid label with -5 (SPEC 8)
+HEADS = ("jca", "jmt", "jca_tbiom", "concat", "cross_attention", "leader_follower")
+VALIDATION_BATCH = 64  # sequences per forward pass when predicting validation videos
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An optimiser, schedule and run length from a paper or its reference code (SPEC 7).
+
+    The learning rate in epoch ``e`` (0-based) is ``lr`` until ``decay_after``, then
+    ``lr * decay_factor ** ((e - decay_after) // decay_every)``. ``patience`` stops training after
+    that many epochs without a better validation CCC (``None``: run every epoch; the best epoch is
+    kept either way).
+    """
+
+    name: str
+    optimizer: str  # "adam" or "sgd"
+    lr: float
+    batch_size: int  # sequences
+    epochs: int  # maximum
+    seq_len: int  # clips per sequence (L)
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    decay_after: int | None = None  # epochs
+    decay_every: int = 1  # epochs
+    decay_factor: float = 1.0
+    patience: int | None = None  # epochs
+    folds: int | None = None  # cross-validation folds the paper reports
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 0-based ``epoch``."""
+        if self.decay_after is None or epoch < self.decay_after:
+            return self.lr
+        return self.lr * self.decay_factor ** ((epoch - self.decay_after) // self.decay_every)
+
+
+# CVPRW 2022 JCA (seed 000): Adam 1e-3, x0.8 every 2 epochs after epoch 5, 30 epochs, batch 96, L 8
+JCA_CVPR = Recipe(
+    "jca-cvpr",
+    "adam",
+    lr=1e-3,
+    batch_size=96,
+    epochs=30,
+    seq_len=8,
+    decay_after=5,
+    decay_every=2,
+    decay_factor=0.8,
+)
+# journal JCA (T-BIOM): the same schedule in practice, at most 50 epochs, batch 64, L 16
+JCA_JOURNAL = dataclasses.replace(
+    JCA_CVPR, name="jca-journal", batch_size=64, epochs=50, seq_len=16
+)
+# JMT paper (seed 001): SGD 5e-4, batch 2, at most 5 epochs with early stopping, 5-fold CV, L 16
+JMT_PAPER = Recipe("jmt-paper", "sgd", lr=5e-4, batch_size=2, epochs=5, seq_len=16, folds=5)
+# JMT reference code's configuration: SGD 1e-4, momentum 0.9, Nesterov, weight decay 1e-4,
+# batch 64, 20 epochs, sequences of 512 frames (L 16); its step schedule (x0.1 every 40 epochs)
+# never fires within 20 epochs
+JMT_CODE = Recipe(
+    "jmt-code",
+    "sgd",
+    lr=1e-4,
+    batch_size=64,
+    epochs=20,
+    seq_len=16,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=1e-4,
+)
+RECIPES = {r.name: r for r in (JCA_CVPR, JCA_JOURNAL, JMT_PAPER, JMT_CODE)}
+
+
+def recipe(name: str, **overrides) -> Recipe:
+    """The recipe ``name`` with ``overrides`` (``None`` values are ignored)."""
+    if name not in RECIPES:
+        raise AvemoError(f"unknown recipe {name!r}; one of {', '.join(RECIPES)}")
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    return dataclasses.replace(RECIPES[name], **changes)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Video:
+    """One video's cached features and its per-frame labels (``num_frames x 2``, -5 invalid)."""
+
+    features: Features
+    labels: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.features.name
+
+
+def label_files(folders: Sequence[str | os.PathLike]) -> dict[str, Path]:
+    """Video name -> label file, for every ``<video>.txt`` under the given folders."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise AvemoError("no such label folder", folder)
+        for path in sorted(folder.rglob("*.txt")):
+            if path.stem in found and found[path.stem] != path:
+                raise AvemoError(
+                    f"two label files for video {path.stem!r}: {found[path.stem]}", path
+                )
+            found[path.stem] = path
+    return found
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Per-frame ``valence, arousal`` of an Aff-Wild2 label file (``avemo.labels``)."""
+    from avemo.labels import read_labels as read
+
+    return np.asarray(read(path), dtype=np.float32)
+
+
+def load_videos(
+    features: str | os.PathLike, labels: dict[str, Path], names: Sequence[str]
+) -> list[Video]:
+    """The cached features and labels of ``names`` (all must be in the cache and labelled)."""
+    cache = cached_videos(features)
+    by_stem = {Path(name).name: path for name, path in cache.items()}
+    videos = []
+    for name in names:
+        path = cache.get(name) or by_stem.get(Path(name).name)
+        if path is None:
+            raise AvemoError(f"video {name!r} has labels but no cached features", features)
+        videos.append(Video(read_features(path, Path(name).name), read_labels(labels[name])))
+    return videos
+
+
+def clip_rows(features: Features) -> np.ndarray:
+    """For every frame (0-based), the cache row of the clip that ends there, or -1."""
+    rows = np.full(features.num_frames, -1, dtype=np.int64)
+    rows[features.frame - 1] = np.arange(len(features.frame))
+    return rows
+
+
+class SequenceDataset(torch.utils.data.Dataset):
+    """Dense L-clip sequences over the cached features of several videos, with their labels.
+
+    Item ``i`` is ``(audio L x Da, visual L x Dv, target L x 2, mask L x 2)``: clips past the end
+    of the video (padding) have zero features, and the mask is False there and wherever a label
+    is -5 (per dimension).
+    """
+
+    def __init__(self, videos: Sequence[Video], seq_len: int):
+        self.videos = list(videos)
+        self.seq_len = seq_len
+        self.rows = [clip_rows(v.features) for v in self.videos]
+        index = []
+        for number, video in enumerate(self.videos):
+            for ends in sequences(video.features.num_frames, seq_len):
+                index.append((number, ends))
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def item(self, number: int, ends: np.ndarray):
+        video, rows = self.videos[number], self.rows[number]
+        features = video.features
+        inside = ends < len(rows)
+        row = np.where(inside, rows[np.minimum(ends, len(rows) - 1)], -1)
+        valid = row >= 0
+        audio = np.zeros((len(ends), features.audio.shape[1]), dtype=np.float32)
+        visual = np.zeros((len(ends), features.visual.shape[1]), dtype=np.float32)
+        audio[valid] = features.audio[row[valid]]
+        visual[valid] = features.visual[row[valid]]
+        target = np.full((len(ends), 2), INVALID_LABEL, dtype=np.float32)
+        labelled = ends < len(video.labels)
+        target[labelled] = video.labels[ends[labelled]]
+        mask = (target != INVALID_LABEL) & valid[:, None]
+        return (
+            torch.from_numpy(audio),
+            torch.from_numpy(visual),
+            torch.from_numpy(target),
+            torch.from_numpy(mask),
+        )
+
+    def __getitem__(self, i: int):
+        return self.item(*self.index[i])
+
+
+def predict_video(
+    model: nn.Module,
+    features: Features,
+    seq_len: int,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = VALIDATION_BATCH,
+) -> np.ndarray:
+    """Per-frame predictions ``num_frames x 2`` of one video (NaN where no clip ends)."""
+    rows = clip_rows(features)
+    out = np.full((len(rows), 2), np.nan, dtype=np.float32)
+    all_ends = list(sequences(len(rows), seq_len))
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(all_ends), batch_size):
+            ends = np.stack(all_ends[start : start + batch_size])
+            inside = ends < len(rows)
+            row = np.where(inside, rows[np.minimum(ends, len(rows) - 1)], -1)
+            valid = row >= 0
+            audio = np.zeros(ends.shape + (features.audio.shape[1],), dtype=np.float32)
+            visual = np.zeros(ends.shape + (features.visual.shape[1],), dtype=np.float32)
+            audio[valid] = features.audio[row[valid]]
+            visual[valid] = features.visual[row[valid]]
+            pred = model(torch.from_numpy(audio).to(device), torch.from_numpy(visual).to(device))
+            out[ends[valid]] = pred.float().cpu().numpy()[valid]
+    model.train(was_training)
+    return out
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def validation_scores(predictions: Sequence[np.ndarray], videos: Sequence[Video]) -> dict:
+    """``avemo evaluate``'s scores over all validation frames concatenated.
+
+    Predictions are clipped to [-1, 1]; frames labelled -5, and frames that have a label but no
+    prediction (label files longer than the video), are left out (``n_frames`` counts the rest).
+    """
+    from avemo.metrics import score
+
+    preds, labels = [], []
+    for pred, video in zip(predictions, videos, strict=True):
+        label = video.labels.astype(np.float64)
+        label[label == INVALID_LABEL] = np.nan
+        pred = np.full(label.shape, np.nan) if len(pred) == 0 else pred
+        n = len(label)
+        padded = np.full((n, 2), np.nan)
+        padded[: min(n, len(pred))] = pred[:n]
+        preds.append(padded)
+        labels.append(label)
+    return score(np.clip(np.concatenate(preds), -1.0, 1.0), np.concatenate(labels))
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+        )
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and dropout (independent of earlier epochs)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+LOG_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_ccc_valence",
+    "val_ccc_arousal",
+    "val_ccc_mean",
+    "best",
+    "seconds",
+)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: the best epoch (1-based) and its validation scores."""
+
+    output: Path
+    log: Path
+    best_epoch: int
+    validation: dict
+    epochs_run: int
+    history: list[dict]
+
+
+def state_path(output: Path) -> Path:
+    """Where :func:`fit` keeps its resumable state while it runs."""
+    return output.with_name(output.name + ".state.pt")
+
+
+def log_path(output: Path) -> Path:
+    """The per-epoch CSV log written next to the checkpoint."""
+    return output.with_suffix(".log.csv")
+
+
+def fit(
+    model: nn.Module,
+    train_videos: Sequence[Video],
+    val_videos: Sequence[Video],
+    recipe: Recipe,
+    output: str | os.PathLike,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    provenance: dict | None = None,
+    num_workers: int = 0,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train ``model`` (from :func:`avemo.models.build`) with ``recipe``; save the best epoch.
+
+    After every epoch the state (weights, optimiser, best so far, log) goes to
+    ``<output>.state.pt``; if that file exists when ``fit`` starts with the same settings, training
+    continues from it and ends exactly as an uninterrupted run would. It is deleted at the end.
+    """
+
+    output = Path(output)
+    device = torch.device(device)
+    if not val_videos:
+        raise AvemoError("no validation videos: give a validation set or folds")
+    dataset = SequenceDataset(train_videos, recipe.seq_len)
+    if len(dataset) == 0:
+        raise AvemoError("no training sequences: the training videos have no cached clips")
+    settings = {
+        "recipe": dataclasses.asdict(recipe),
+        "seed": seed,
+        "model": model.avemo_config,
+        "train": [v.name for v in train_videos],
+        "validation": [v.name for v in val_videos],
+    }
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+    model.to(device)
+    optimizer = make_optimizer(model, recipe)
+    history: list[dict] = []
+    best: dict | None = None
+    best_state = None
+    start_epoch = 0
+    state_file = state_path(output)
+    if state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            raise AvemoError(
+                "an interrupted run with other settings (data, recipe, seed or model) left this "
+                "state file; delete it or use --overwrite to start over",
+                state_file,
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = json.loads(state["history"])
+        best = json.loads(state["best"])
+        best_state = state["best_model"]
+        start_epoch = len(history)
+        log.info("resuming %s after epoch %d", output, start_epoch)
+
+    stale = 0
+    for row in history:
+        stale = 0 if row["best"] else stale + 1
+    for epoch in range(start_epoch, recipe.epochs):
+        if recipe.patience is not None and stale >= recipe.patience:
+            break
+        started = time.perf_counter()
+        seed_epoch = epoch_seed(seed, epoch)
+        torch.manual_seed(seed_epoch)
+        generator = torch.Generator().manual_seed(seed_epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=recipe.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        lr = recipe.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        losses = []
+        bar = tqdm(
+            loader,
+            desc=f"{output.name} epoch {epoch + 1}/{recipe.epochs}",
+            unit="batch",
+            disable=None if progress is None else not progress,
+            leave=False,
+        )
+        for audio, visual, target, mask in bar:
+            audio, visual = audio.to(device), visual.to(device)
+            target, mask = target.to(device), mask.to(device)
+            if not mask.any():
+                continue
+            loss = ccc_loss(model(audio, visual), target, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        predictions = [
+            predict_video(model, v.features, recipe.seq_len, device=device) for v in val_videos
+        ]
+        scores = validation_scores(predictions, val_videos)
+        improved = best is None or _better(scores["ccc_mean"], best["ccc_mean"])
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_ccc_valence": scores["ccc_valence"],
+            "val_ccc_arousal": scores["ccc_arousal"],
+            "val_ccc_mean": scores["ccc_mean"],
+            "best": improved,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        history.append(row)
+        stale = 0 if improved else stale + 1
+        log.info(
+            "%s epoch %d: loss %.4f, validation CCC v %.4f a %.4f mean %.4f%s",
+            output.name,
+            epoch + 1,
+            row["train_loss"],
+            scores["ccc_valence"],
+            scores["ccc_arousal"],
+            scores["ccc_mean"],
+            " (best)" if improved else "",
+        )
+        if improved:
+            best = dict(scores, epoch=epoch + 1)
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            _save_best(model, best_state, output, best, recipe, seed, history, provenance)
+        _write_log(log_path(output), history)
+        with atomic_path(state_file) as tmp:
+            torch.save(
+                {
+                    "fingerprint": fingerprint,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": json.dumps(history),
+                    "best": json.dumps(best),
+                    "best_model": best_state,
+                },
+                tmp,
+            )
+    if best is None:
+        raise AvemoError("no epoch ran (epochs is 0?)", output)
+    # the final provenance records how many epochs ran in all
+    _save_best(model, best_state, output, best, recipe, seed, history, provenance)
+    state_file.unlink(missing_ok=True)
+    return FitResult(output, log_path(output), best["epoch"], best, len(history), history)
+
+
+def _better(score: float, best: float) -> bool:
+    """Whether a validation score beats the best so far (NaN never does)."""
+    return not math.isnan(score) and (math.isnan(best) or score > best)
+
+
+def _save_best(model, best_state, output, best, recipe, seed, history, provenance) -> None:
+    from avemo import models
+
+    current = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    training = dict((provenance or {}).get("training") or {})
+    training.update(
+        recipe=dataclasses.asdict(recipe),
+        seed=seed,
+        best_epoch=best["epoch"],
+        epochs_run=len(history),
+        validation={k: v for k, v in best.items() if k != "epoch"},
+        validation_pooling="all validation frames concatenated, -5 dropped, unsmoothed",
+    )
+    record = dict(provenance or {})
+    record.update(trained=True, source=record.get("source") or "avemo train", training=training)
+    try:
+        models.save(model, output, provenance=record)
+    finally:
+        model.load_state_dict(current)
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row[k] for k in LOG_COLUMNS})
+
+
+# --- data splits, folds, the command -------------------------------------------------------------
+
+PAIR_SUFFIXES = ("_left", "_right")  # two-person Aff-Wild2 videos share one audio track (SPEC 8)
+
+
+def pair_base(name: str) -> str:
+    """The video a ``<base>_left`` / ``<base>_right`` name was cut from (else the name itself)."""
+    for suffix in PAIR_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def split_folds(names: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
+    """``k`` disjoint folds of video names, the two halves of a two-person video kept together.
+
+    Groups of names (by :func:`pair_base`) are shuffled with ``seed`` and dealt out in turn, so
+    the split depends only on the set of names, ``k`` and ``seed``.
+    """
+    if k < 2:
+        raise AvemoError(f"--folds must be at least 2, got {k}")
+    groups: dict[str, list[str]] = {}
+    for name in sorted(set(names)):
+        groups.setdefault(pair_base(name), []).append(name)
+    if len(groups) < k:
+        raise AvemoError(f"{len(groups)} videos cannot make {k} folds")
+    order = sorted(groups)
+    np.random.default_rng(seed).shuffle(order)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for i, base in enumerate(order):
+        folds[i % k].extend(groups[base])
+    return [sorted(fold) for fold in folds]
+
+
+def validation_names(validation: str | os.PathLike | Sequence[str], labels: dict[str, Path]):
+    """Validation video names from a label folder, a text file of names, or a list of names.
+
+    A folder's label files are added to ``labels`` (Aff-Wild2 keeps them in their own folder).
+    """
+    if isinstance(validation, str | os.PathLike):
+        path = Path(validation)
+        if path.is_dir():
+            found = label_files([path])
+            if not found:
+                raise AvemoError("no label files (*.txt) in the validation folder", path)
+            labels.update(found)
+            return sorted(found)
+        if path.is_file():
+            names = [line.strip() for line in path.read_text().splitlines()]
+            names = [Path(n).stem if n.endswith(".txt") else n for n in names if n]
+        else:
+            raise AvemoError("no such validation folder or list file", path)
+    else:
+        names = list(validation)
+    unknown = [n for n in names if n not in labels]
+    if unknown:
+        raise AvemoError(f"validation video {unknown[0]!r} has no label file", validation)
+    return sorted(names)
+
+
+def build_head(head: str, audio_dim: int, visual_dim: int, seq_len: int, **kwargs) -> nn.Module:
+    """A fresh fusion head for features of these widths and sequences of ``seq_len`` clips."""
+    from avemo import models
+
+    try:
+        entry = models.builder(head)
+    except KeyError:
+        raise AvemoError(f"unknown head {head!r}; one of {', '.join(HEADS)}") from None
+    if entry.component != "head":
+        raise AvemoError(f"{head!r} is a {entry.component}, not a fusion head")
+    arguments = dict(audio_dim=audio_dim, visual_dim=visual_dim, seq_len=seq_len)
+    arguments.update(kwargs)
+    return models.build(head, **arguments)
+
+
+def _data_provenance(features: Path, labels: dict[str, Path], train, val) -> dict:
+    cache_json = features / "cache.json"
+    return {
+        "features": str(features.resolve()),
+        "cache_sha256": hashlib.sha256(cache_json.read_bytes()).hexdigest(),
+        "labels": sorted({str(labels[v.name].parent.resolve()) for v in (*train, *val)}),
+        "train_videos": len(train),
+        "train_frames": int(sum((v.labels != INVALID_LABEL).all(1).sum() for v in train)),
+        "validation_videos": [v.name for v in val],
+    }
+
+
+def _finished(output: Path) -> FitResult | None:
+    """The result of a completed run at ``output`` (checkpoint there, no state file), if any."""
+    from avemo import models
+
+    if not output.exists() or state_path(output).exists():
+        return None
+    training = (models.read_header(output).get("provenance") or {}).get("training") or {}
+    if "validation" not in training:
+        return None
+    history = []
+    if log_path(output).exists():
+        with open(log_path(output), newline="") as handle:
+            history = list(csv.DictReader(handle))
+    return FitResult(
+        output,
+        log_path(output),
+        training["best_epoch"],
+        dict(training["validation"], epoch=training["best_epoch"]),
+        training["epochs_run"],
+        history,
+    )
+
+
+def train(
+    features: str | os.PathLike,
+    labels: str | os.PathLike | Sequence[str | os.PathLike],
+    head: str,
+    output: str | os.PathLike,
+    *,
+    recipe_name: str = "jca-journal",
+    validation: str | os.PathLike | Sequence[str] | None = None,
+    folds: int | None = None,
+    fold: int | None = None,
+    fold_seed: int = 0,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    patience: int | None = None,
+    seq_len: int | None = None,
+    seed: int = 0,
+    head_kwargs: dict | None = None,
+    device: str = "auto",
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train one fusion head on a feature cache and save its best epoch at ``output``.
+
+    ``labels`` are folders of ``<video>.txt`` label files; the training videos are the labelled
+    videos in the cache minus the validation ones. Validation is ``validation`` (a label folder,
+    a file listing names, or names) or fold ``fold`` (0-based) of ``folds`` over all labelled
+    cached videos. A finished run at ``output`` is returned as is unless ``overwrite``; an
+    interrupted one is resumed.
+    """
+    from avemo.utils import torch_device
+
+    features, output = Path(features), Path(output)
+    info = read_cache_info(features)
+    folders = [labels] if isinstance(labels, str | os.PathLike) else list(labels)
+    label_map = label_files(folders)
+    rules = recipe(
+        recipe_name,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        seq_len=seq_len,
+    )
+    if overwrite:
+        state_path(output).unlink(missing_ok=True)
+    elif (done := _finished(output)) is not None:
+        log.info("%s exists (a finished run); --overwrite trains again", output)
+        return done
+
+    if (validation is None) == (folds is None):
+        raise AvemoError("give either a validation set (--val) or --folds K --fold I")
+    if validation is not None:
+        val_names = validation_names(validation, label_map)
+    else:
+        if fold is None or not 0 <= fold < folds:
+            raise AvemoError(f"--fold must be in 0..{folds - 1}")
+        val_names = None
+    cache = cached_videos(features)
+    cached_stems = {Path(n).name for n in cache}
+    labelled = sorted(n for n in label_map if n in cached_stems)
+    missing = sorted(set(label_map) - cached_stems)
+    if missing:
+        log.warning(
+            "%d labelled videos have no cached features and are left out (e.g. %s)",
+            len(missing),
+            missing[0],
+        )
+    if val_names is None:
+        val_names = split_folds(labelled, folds, fold_seed)[fold]
+    val_set = set(val_names)
+    train_names = [n for n in labelled if n not in val_set]
+    if not train_names:
+        raise AvemoError("no training videos: every labelled cached video is in validation")
+    train_videos = load_videos(features, label_map, train_names)
+    val_videos = load_videos(features, label_map, val_names)
+
+    first = train_videos[0].features
+    torch.manual_seed(seed)
+    model = build_head(
+        head, first.audio.shape[1], first.visual.shape[1], rules.seq_len, **(head_kwargs or {})
+    )
+    if validation is None:
+        split = {"folds": folds, "fold": fold, "fold_seed": fold_seed}
+    elif isinstance(validation, str | os.PathLike):
+        split = {"validation": str(validation)}
+    else:
+        split = {"validation": sorted(validation)}
+    provenance = {
+        "source": "avemo train",
+        "backbones": {k: info.get(k) for k in ("visual", "audio")},
+        "training": {
+            "head": head,
+            "data": _data_provenance(features, label_map, train_videos, val_videos),
+            "split": split,
+        },
+    }
+    return fit(
+        model,
+        train_videos,
+        val_videos,
+        rules,
+        output,
+        seed=seed,
+        device=torch_device(device),
+        provenance=provenance,
+        num_workers=num_workers,
+        progress=progress,
+    )
+
+
+def cross_validate(
+    features: str | os.PathLike,
+    labels: str | os.PathLike | Sequence[str | os.PathLike],
+    head: str,
+    output: str | os.PathLike,
+    *,
+    folds: int,
+    **options,
+) -> list[FitResult]:
+    """Train every fold of ``folds`` (``OUT.fold<i>.safetensors``) and write ``OUT.folds.csv``.
+
+    The summary has one row per fold (best epoch, validation CCC of valence, arousal, their mean)
+    and a last row with the mean over folds, like table 1 of the JMT paper. Finished folds are
+    skipped, an interrupted one resumes.
+    """
+    output = Path(output)
+    results = []
+    for i in range(folds):
+        path = output.with_name(f"{output.stem}.fold{i}{output.suffix}")
+        results.append(train(features, labels, head, path, folds=folds, fold=i, **options))
+    summary = fold_summary(results)
+    with atomic_path(output.with_suffix(".folds.csv")) as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.4f")
+    return results
+
+
+def fold_summary(results: Sequence[FitResult]):
+    """A table of the folds' best validation CCCs with their mean as the last row."""
+    import pandas as pd
+
+    rows = [
+        {
+            "fold": str(i),
+            "best_epoch": r.best_epoch,
+            "ccc_valence": r.validation["ccc_valence"],
+            "ccc_arousal": r.validation["ccc_arousal"],
+            "ccc_mean": r.validation["ccc_mean"],
+            "checkpoint": r.output.name,
+        }
+        for i, r in enumerate(results)
+    ]
+    table = pd.DataFrame(rows)
+    means = table[["ccc_valence", "ccc_arousal", "ccc_mean"]].mean()
+    table.loc[len(table)] = {"fold": "mean", "best_epoch": None, **means, "checkpoint": ""}
+    return table
