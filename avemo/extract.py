@@ -18,9 +18,12 @@ temporary name and renamed, so an interrupted run leaves whole files only and a 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import struct
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,8 @@ import numpy as np
 
 from avemo.batch import atomic_path
 from avemo.errors import AvemoError
+
+log = logging.getLogger("avemo")
 
 CACHE_FORMAT = 1  # version of cache.json and of the per-video files
 CACHE_JSON = "cache.json"
@@ -153,3 +158,379 @@ def cached_videos(cache: str | os.PathLike) -> dict[str, Path]:
             continue  # a temporary file of an interrupted write
         found[path.relative_to(cache).with_suffix("").as_posix()] = path
     return found
+
+
+# --- extraction ----------------------------------------------------------------------------------
+
+CROP_PATTERN = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)  # %05d.jpg, 1-based frame number
+DEFAULT_BATCH = 8  # clips per backbone forward pass
+
+
+@dataclass(frozen=True)
+class Source:
+    """One video to extract: its cache name, media file (timestamps, audio) and crops folder."""
+
+    name: str  # cache name: the crops folder relative to the crops root (posix)
+    video: Path
+    crops: Path
+
+
+def crop_folders(crops: str | os.PathLike) -> dict[str, Path]:
+    """Name (relative posix path) -> folder, for every folder under ``crops`` holding crops."""
+    crops = Path(crops)
+    if not crops.is_dir():
+        raise AvemoError("no such crops folder", crops)
+    folders = {}
+    for path in sorted(crops.rglob("*")):
+        if path.is_file() and CROP_PATTERN.match(path.name):
+            folders.setdefault(path.parent.relative_to(crops).as_posix(), path.parent)
+    return folders
+
+
+def find_sources(
+    videos: Sequence[str | os.PathLike],
+    crops: str | os.PathLike,
+    names: Sequence[str] | None = None,
+) -> list[Source | tuple[str, str]]:
+    """Pair every crops folder (or every name in ``names``) with its video file.
+
+    Works for both layouts: Aff-Wild2 (``cropped_aligned/<video>/``, videos by name, where
+    ``<base>_left`` and ``<base>_right`` share the video ``<base>``) and ``avemo faces
+    --save-crops`` output (``OUT/<rel>/<stem>/`` for the video ``<rel>/<stem>.<ext>``). A name
+    that cannot be paired is returned as ``(name, problem)`` so the batch can report it.
+    """
+    from avemo.batch import find_jobs
+    from avemo.train import pair_base
+
+    folders = crop_folders(crops)
+    by_base: dict[str, list[str]] = {}
+    for folder in folders:
+        by_base.setdefault(Path(folder).name, []).append(folder)
+    jobs = find_jobs(videos, ".")
+    by_relative = {job.relative.with_suffix("").as_posix(): job.source for job in jobs}
+    by_stem: dict[str, list[Path]] = {}
+    for job in jobs:
+        by_stem.setdefault(job.source.stem, []).append(job.source)
+
+    out: list[Source | tuple[str, str]] = []
+    for name in sorted(names) if names is not None else sorted(folders):
+        folder = name if name in folders else None
+        if folder is None:
+            matches = by_base.get(Path(name).name, [])
+            if len(matches) != 1:
+                problem = "no face crops folder" if not matches else "several crops folders"
+                out.append((name, f"{problem} named {Path(name).name!r} in {crops}"))
+                continue
+            folder = matches[0]
+        stem = Path(folder).name
+        video = by_relative.get(folder)
+        for candidate in (stem, pair_base(stem)):
+            if video is None and len(by_stem.get(candidate, [])) == 1:
+                video = by_stem[candidate][0]
+        if video is None:
+            found = len(by_stem.get(stem, []) + by_stem.get(pair_base(stem), []))
+            problem = "several video files" if found else "no video file"
+            out.append((folder, f"{problem} for {stem!r} (looked for {pair_base(stem)}.* too)"))
+            continue
+        out.append(Source(folder, Path(video), folders[folder]))
+    return out
+
+
+def crop_frames(folder: Path) -> dict[int, Path]:
+    """0-based frame index -> crop file, from the 1-based ``%05d.jpg`` names of a crops folder."""
+    frames = {}
+    for path in folder.iterdir():
+        match = CROP_PATTERN.match(path.name)
+        if match:
+            number = int(match.group(1))
+            if number < 1:
+                raise AvemoError(f"crop {path.name}: frame numbers start at 1", folder)
+            frames[number - 1] = path
+    return frames
+
+
+class ClipMaker:
+    """Normalised clips ``B x 3 x 8 x S x S`` from a folder of face crops (SPEC 2).
+
+    Each crop is read once while the clips slide over the video (crops older than the current
+    32-frame window are dropped). A missing frame index (``NO_FRAME``) is a black frame.
+    """
+
+    def __init__(self, frames: dict[int, Path], preprocessing: dict):
+        import torch
+
+        self.frames = frames
+        self.size = tuple(preprocessing["size"])
+        self.mean = torch.tensor(preprocessing["mean"]).view(3, 1, 1, 1)
+        self.std = torch.tensor(preprocessing["std"]).view(3, 1, 1, 1)
+        self.cache: dict[int, object] = {}
+
+    def image(self, index: int):
+        import torch
+        from torchvision.io import ImageReadMode, decode_image
+
+        if index not in self.cache:
+            path = self.frames[index]
+            try:
+                image = decode_image(str(path), mode=ImageReadMode.RGB)
+            except (RuntimeError, ValueError) as error:
+                raise AvemoError(f"unreadable face crop ({error})", path) from None
+            if tuple(image.shape[1:]) != self.size:
+                image = (
+                    torch.nn.functional.interpolate(
+                        image[None].float(), size=self.size, mode="bilinear", antialias=True
+                    )[0]
+                    .round()
+                    .clamp(0, 255)
+                    .to(torch.uint8)
+                )
+            self.cache[index] = image
+        return self.cache[index]
+
+    def clips(self, indices: np.ndarray):
+        """``B x 8`` frame indices (``NO_FRAME`` for black) -> normalised float clips."""
+        import torch
+
+        from avemo.clips import CLIP_WINDOW, NO_FRAME
+
+        black = torch.zeros((3, *self.size), dtype=torch.uint8)
+        batch = torch.stack(
+            [
+                torch.stack([black if i == NO_FRAME else self.image(int(i)) for i in row], 1)
+                for row in indices
+            ]
+        )
+        oldest = int(indices.max()) - 2 * CLIP_WINDOW
+        for index in [i for i in self.cache if i < oldest]:
+            del self.cache[index]
+        return (batch.float() / 255.0 - self.mean) / self.std
+
+
+@dataclass
+class Backbones:
+    """The frozen backbones of an extraction, with what ``cache.json`` records about them."""
+
+    visual: object  # nn.Module: clips -> B x Dv
+    audio: object  # nn.Module: spectrograms -> B x Da
+    description: dict  # {"visual": {...}, "audio": {...}}
+
+
+def load_backbones(
+    visual: str | os.PathLike | None = None,
+    audio: str | os.PathLike | None = None,
+    *,
+    pipeline: str | os.PathLike | None = None,
+    device="cpu",
+) -> Backbones:
+    """The backbones from avemo checkpoint files (names of ``avemo weights`` resolve too), or
+    those of a pipeline checkpoint.
+    """
+    from avemo import hub, models
+    from avemo.utils import sha256_file
+
+    parts = {}
+    if pipeline is not None:
+        if visual is not None or audio is not None:
+            raise AvemoError("give either a pipeline or the two backbones, not both")
+        path = hub.resolve(pipeline)
+        module = models.load(path)
+        if models.read_header(path).get("component") != "pipeline":
+            raise AvemoError("not a pipeline checkpoint", path)
+        digest = sha256_file(path)
+        for role in ("visual", "audio"):
+            parts[role] = (getattr(module, role), path, digest, role)
+    else:
+        if visual is None or audio is None:
+            raise AvemoError("give both a visual and an audio backbone (or a pipeline)")
+        expected = {"visual": "visual_backbone", "audio": "audio_backbone"}
+        for role, spec in (("visual", visual), ("audio", audio)):
+            path = hub.resolve(spec)
+            header = models.read_header(path)
+            if header.get("component") != expected[role]:
+                raise AvemoError(
+                    f"not a {expected[role]} checkpoint ({header.get('component')})", path
+                )
+            parts[role] = (models.load(path), path, sha256_file(path), None)
+    description = {}
+    for role, (module, path, digest, part) in parts.items():
+        config = module.avemo_config
+        header = getattr(module, "avemo_header", None) or models.read_header(path)
+        description[role] = {
+            "builder": config["builder"],
+            "kwargs": config["kwargs"],
+            "preprocessing": config["preprocessing"],
+            "checkpoint": str(Path(path).resolve()),
+            "sha256": digest,
+            "part": part,  # the pipeline's submodule, or None for a backbone checkpoint
+            "trained": (header.get("provenance") or {}).get("trained"),
+        }
+        module.to(device).eval()
+    return Backbones(parts["visual"][0], parts["audio"][0], description)
+
+
+def cache_description(backbones: Backbones) -> dict:
+    """What ``cache.json`` says: backbones, preprocessing, clip and spectrogram settings."""
+    from avemo import spectrogram
+    from avemo.clips import CLIP_FRAMES, CLIP_WINDOW
+
+    return {
+        "format": CACHE_FORMAT,
+        "visual": backbones.description["visual"],
+        "audio": backbones.description["audio"],
+        "clip": {"frames": CLIP_FRAMES, "window": CLIP_WINDOW, "tiling": "dense"},
+        "spectrogram": {
+            "sample_rate": spectrogram.SAMPLE_RATE,
+            "n_fft": spectrogram.N_FFT,
+            "win_length": spectrogram.WIN_LENGTH,
+            "hop_length": spectrogram.HOP_LENGTH,
+            "n_mels": spectrogram.N_MELS,
+            "top_db": spectrogram.TOP_DB,
+            "db_mean": spectrogram.DB_MEAN,
+            "db_std": spectrogram.DB_STD,
+            "frames": spectrogram.N_FRAMES,
+        },
+    }
+
+
+def extract_video(
+    source: Source,
+    backbones: Backbones,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    device="cpu",
+    progress: bool | None = None,
+) -> Features:
+    """Features of every clip of one video (dense: the clip ending at each frame)."""
+    import torch
+    from tqdm import tqdm
+
+    from avemo.clips import clip_frames, window_has_face
+    from avemo.decode import SAMPLE_RATE, iter_frames, load_audio, probe
+    from avemo.spectrogram import LogMel, clip_waveforms
+
+    info = probe(source.video)
+    times = np.array([frame.time for frame in iter_frames(source.video, info=info)])
+    decoded = len(times)
+    frames = crop_frames(source.crops)
+    if not frames:
+        raise AvemoError("no face crops (%05d.jpg) in the crops folder", source.crops)
+    last = max(frames) + 1
+    if last > len(times):  # crops past the decoded frames: extend the clock at the frame rate
+        log.warning(
+            "%s: crops go up to frame %d but the video has %d frames",
+            source.crops, last, len(times),
+        )  # fmt: skip
+        times = np.concatenate([times, times[-1] + np.arange(1, last - len(times) + 1) / info.fps])
+    n = len(times)
+    present = np.zeros(n, dtype=bool)
+    present[list(frames)] = True
+    audio = load_audio(source.video, SAMPLE_RATE, info=info)
+    if audio.missing:
+        log.warning("%s: no audio stream; the audio features are those of silence", source.video)
+    clips = ClipMaker(frames, backbones.description["visual"]["preprocessing"])
+    logmel = LogMel().to(device)
+    audio_out, visual_out = [], []
+    bar = tqdm(
+        total=n,
+        desc=source.name,
+        unit="clip",
+        disable=None if progress is None else not progress,
+        leave=False,
+    )
+    with torch.inference_mode(), bar:
+        for start in range(0, n, batch_size):
+            ends = np.arange(start, min(start + batch_size, n))
+            indices = np.stack([clip_frames(int(e), present) for e in ends])
+            visual_out.append(backbones.visual(clips.clips(indices).to(device)).float().cpu())
+            waves = torch.from_numpy(clip_waveforms(audio, times, ends, info.fps)).to(device)
+            audio_out.append(backbones.audio(logmel(waves)).float().cpu())
+            bar.update(len(ends))
+    return Features(
+        name=source.name,
+        audio=torch.cat(audio_out).numpy(),
+        visual=torch.cat(visual_out).numpy(),
+        frame=np.arange(1, n + 1, dtype=np.int64),
+        face=window_has_face(present),
+        info={
+            "video": str(source.video.resolve()),
+            "crops": str(source.crops.resolve()),
+            "frames": n,
+            "decoded_frames": decoded,
+            "fps": info.fps,
+            "crops_present": int(present.sum()),
+            "audio": not audio.missing,
+        },
+    )
+
+
+def extract(
+    videos: Sequence[str | os.PathLike],
+    crops: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    visual: str | os.PathLike | None = None,
+    audio: str | os.PathLike | None = None,
+    pipeline: str | os.PathLike | None = None,
+    labels: Sequence[str | os.PathLike] | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool | None = None,
+    stream=None,
+):
+    """Extract the features of every crops folder (or every labelled video) into ``output``.
+
+    ``videos`` are the media files (or folders of them) that give each video's frame times and
+    audio; ``crops`` holds one folder of aligned face crops per video. With ``labels`` (folders
+    of ``<video>.txt``) only the labelled videos are extracted and a missing crops folder or
+    video is an error. Videos already in the cache are skipped unless ``overwrite``; returns the
+    :class:`avemo.batch.BatchResult`.
+    """
+    from avemo.batch import Job, run_batch
+    from avemo.train import label_files
+    from avemo.utils import torch_device
+
+    output = Path(output)
+    device = torch_device(device)
+    names = sorted(label_files(labels)) if labels else None
+    sources = find_sources(videos, crops, names)
+    backbones = load_backbones(visual, audio, pipeline=pipeline, device=device)
+    description = cache_description(backbones)
+    cache_json = output / CACHE_JSON
+    if cache_json.exists() and not overwrite:
+        existing = read_cache_info(output)
+        for role in ("visual", "audio"):
+            if existing[role]["sha256"] != description[role]["sha256"]:
+                raise AvemoError(
+                    f"this cache holds features of another {role} backbone "
+                    f"({existing[role]['checkpoint']}); use another folder or --overwrite",
+                    output,
+                )
+    output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache_json) as tmp:
+        tmp.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+
+    jobs, work = [], {}
+    for source in sources:
+        name = source.name if isinstance(source, Source) else source[0]
+        media = source.video if isinstance(source, Source) else Path(name)
+        job = Job(media, Path(name), output / name)
+        jobs.append(job)
+        work[job.output_stem] = source
+
+    def process(job: Job) -> None:
+        source = work[job.output_stem]
+        if not isinstance(source, Source):
+            raise AvemoError(source[1], source[0])
+        features = extract_video(
+            source, backbones, batch_size=batch_size, device=device, progress=progress
+        )
+        write_features(job.output(FEATURE_SUFFIX), features)
+
+    return run_batch(
+        jobs,
+        process,
+        outputs=lambda job: [job.output(FEATURE_SUFFIX)],
+        overwrite=overwrite,
+        stream=stream,
+    )

@@ -39,7 +39,6 @@ from avemo.metrics import ccc_loss
 
 log = logging.getLogger("avemo")
 
-INVALID_LABEL = -5.0  # Aff-Wild2 marks frames without a valid label with -5 (SPEC 8)
 HEADS = ("jca", "jmt", "jca_tbiom", "concat", "cross_attention", "leader_follower")
 VALIDATION_BATCH = 64  # sequences per forward pass when predicting validation videos
 
@@ -124,7 +123,7 @@ def recipe(name: str, **overrides) -> Recipe:
 
 @dataclass
 class Video:
-    """One video's cached features and its per-frame labels (``num_frames x 2``, -5 invalid)."""
+    """One video's cached features and its per-frame labels (``frames x 2``, NaN: no label)."""
 
     features: Features
     labels: np.ndarray
@@ -135,26 +134,27 @@ class Video:
 
 
 def label_files(folders: Sequence[str | os.PathLike]) -> dict[str, Path]:
-    """Video name -> label file, for every ``<video>.txt`` under the given folders."""
+    """Video name -> label file, for every label file under the given folders or files."""
+    from avemo.labels import find_files
+
     found: dict[str, Path] = {}
     for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise AvemoError("no such label folder", folder)
-        for path in sorted(folder.rglob("*.txt")):
-            if path.stem in found and found[path.stem] != path:
-                raise AvemoError(
-                    f"two label files for video {path.stem!r}: {found[path.stem]}", path
-                )
-            found[path.stem] = path
+        for name, path in find_files(folder).items():
+            if name in found and found[name] != path:
+                raise AvemoError(f"two label files for video {name!r}: {found[name]}", path)
+            found[name] = path
     return found
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Per-frame ``valence, arousal`` of an Aff-Wild2 label file (``avemo.labels``)."""
-    from avemo.labels import read_labels as read
+    """Per-frame ``valence, arousal`` (0-based frames) of a label file, NaN where invalid."""
+    import pandas as pd
 
-    return np.asarray(read(path), dtype=np.float32)
+    from avemo.labels import read_table
+
+    table = read_table(path)
+    last = int(table.index.max()) + 1 if len(table) else 0
+    return table.reindex(pd.RangeIndex(last)).to_numpy(dtype=np.float32)
 
 
 def load_videos(
@@ -184,7 +184,7 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     Item ``i`` is ``(audio L x Da, visual L x Dv, target L x 2, mask L x 2)``: clips past the end
     of the video (padding) have zero features, and the mask is False there and wherever a label
-    is -5 (per dimension).
+    is missing or invalid (-5 in the file; per dimension).
     """
 
     def __init__(self, videos: Sequence[Video], seq_len: int):
@@ -210,10 +210,11 @@ class SequenceDataset(torch.utils.data.Dataset):
         visual = np.zeros((len(ends), features.visual.shape[1]), dtype=np.float32)
         audio[valid] = features.audio[row[valid]]
         visual[valid] = features.visual[row[valid]]
-        target = np.full((len(ends), 2), INVALID_LABEL, dtype=np.float32)
+        target = np.zeros((len(ends), 2), dtype=np.float32)
         labelled = ends < len(video.labels)
         target[labelled] = video.labels[ends[labelled]]
-        mask = (target != INVALID_LABEL) & valid[:, None]
+        mask = labelled[:, None] & ~np.isnan(target) & valid[:, None]
+        target[~mask] = 0.0
         return (
             torch.from_numpy(audio),
             torch.from_numpy(visual),
@@ -259,24 +260,23 @@ def predict_video(
 
 
 def validation_scores(predictions: Sequence[np.ndarray], videos: Sequence[Video]) -> dict:
-    """``avemo evaluate``'s scores over all validation frames concatenated.
+    """:func:`avemo.evaluate.evaluate`'s summary of the validation predictions.
 
-    Predictions are clipped to [-1, 1]; frames labelled -5, and frames that have a label but no
-    prediction (label files longer than the video), are left out (``n_frames`` counts the rest).
+    Predictions are clipped to [-1, 1] and not smoothed; pooling is the challenge's (all frames
+    of all videos concatenated); frames without a valid label, and labelled frames without a
+    prediction (a label file longer than the video), are not scored.
     """
-    from avemo.metrics import score
+    import pandas as pd
 
-    preds, labels = [], []
-    for pred, video in zip(predictions, videos, strict=True):
-        label = video.labels.astype(np.float64)
-        label[label == INVALID_LABEL] = np.nan
-        pred = np.full(label.shape, np.nan) if len(pred) == 0 else pred
-        n = len(label)
-        padded = np.full((n, 2), np.nan)
-        padded[: min(n, len(pred))] = pred[:n]
-        preds.append(padded)
-        labels.append(label)
-    return score(np.clip(np.concatenate(preds), -1.0, 1.0), np.concatenate(labels))
+    from avemo.evaluate import evaluate
+
+    columns = ["valence", "arousal"]
+    preds = {
+        v.name: pd.DataFrame(np.clip(p, -1.0, 1.0), columns=columns)
+        for p, v in zip(predictions, videos, strict=True)
+    }
+    labels = {v.name: pd.DataFrame(v.labels, columns=columns) for v in videos}
+    return evaluate(preds, labels).summary
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -503,7 +503,7 @@ def _save_best(model, best_state, output, best, recipe, seed, history, provenanc
         best_epoch=best["epoch"],
         epochs_run=len(history),
         validation={k: v for k, v in best.items() if k != "epoch"},
-        validation_pooling="all validation frames concatenated, -5 dropped, unsmoothed",
+        validation_note="avemo evaluate conventions, unsmoothed predictions",
     )
     record = dict(provenance or {})
     record.update(trained=True, source=record.get("source") or "avemo train", training=training)
@@ -581,8 +581,10 @@ def validation_names(validation: str | os.PathLike | Sequence[str], labels: dict
     return sorted(names)
 
 
-def build_head(head: str, audio_dim: int, visual_dim: int, seq_len: int, **kwargs) -> nn.Module:
-    """A fresh fusion head for features of these widths and sequences of ``seq_len`` clips."""
+def head_arguments(head: str, audio_dim: int, visual_dim: int, seq_len: int) -> dict:
+    """The builder arguments that fit a head to features of these widths and to L clips."""
+    import inspect
+
     from avemo import models
 
     try:
@@ -591,9 +593,35 @@ def build_head(head: str, audio_dim: int, visual_dim: int, seq_len: int, **kwarg
         raise AvemoError(f"unknown head {head!r}; one of {', '.join(HEADS)}") from None
     if entry.component != "head":
         raise AvemoError(f"{head!r} is a {entry.component}, not a fusion head")
-    arguments = dict(audio_dim=audio_dim, visual_dim=visual_dim, seq_len=seq_len)
+    if head == "jmt":  # one width for both streams
+        if audio_dim != visual_dim:
+            raise AvemoError(
+                f"jmt needs audio and visual features of one width, the cache has {audio_dim} "
+                f"and {visual_dim} (extract pooled 512-d visual features)"
+            )
+        return {"dim": audio_dim}
+    if head == "jca_tbiom":  # the visual vector is `positions` rows of the audio width
+        if visual_dim % audio_dim:
+            raise AvemoError(
+                f"jca_tbiom needs visual features that are rows of the audio width ({audio_dim}),"
+                f" the cache has {visual_dim} (extract R(2+1)D features in flat mode)"
+            )
+        return {"audio_dim": audio_dim, "positions": visual_dim // audio_dim, "seq_len": seq_len}
+    accepted = inspect.signature(entry.function).parameters
+    arguments = {"audio_dim": audio_dim, "visual_dim": visual_dim, "seq_len": seq_len}
+    return {key: value for key, value in arguments.items() if key in accepted}
+
+
+def build_head(head: str, audio_dim: int, visual_dim: int, seq_len: int, **kwargs) -> nn.Module:
+    """A fresh fusion head for features of these widths and sequences of ``seq_len`` clips."""
+    from avemo import models
+
+    arguments = head_arguments(head, audio_dim, visual_dim, seq_len)
     arguments.update(kwargs)
-    return models.build(head, **arguments)
+    try:
+        return models.build(head, **arguments)
+    except (TypeError, ValueError) as error:
+        raise AvemoError(f"cannot build head {head!r} ({error})") from None
 
 
 def _data_provenance(features: Path, labels: dict[str, Path], train, val) -> dict:
@@ -603,7 +631,7 @@ def _data_provenance(features: Path, labels: dict[str, Path], train, val) -> dic
         "cache_sha256": hashlib.sha256(cache_json.read_bytes()).hexdigest(),
         "labels": sorted({str(labels[v.name].parent.resolve()) for v in (*train, *val)}),
         "train_videos": len(train),
-        "train_frames": int(sum((v.labels != INVALID_LABEL).all(1).sum() for v in train)),
+        "train_frames": int(sum((~np.isnan(v.labels)).all(1).sum() for v in train)),
         "validation_videos": [v.name for v in val],
     }
 
