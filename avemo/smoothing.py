@@ -41,6 +41,9 @@ def smooth(
     valid = ~np.isnan(values)
     for i, width in enumerate(windows):
         column, present = values[:, i], valid[:, i]
+        if int(width) == 1:
+            out[:, i] = column
+            continue
         if present.all():
             out[:, i] = uniform_filter1d(column, int(width), mode=mode, cval=0.0)
             continue
