@@ -92,6 +92,8 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
     except pd.errors.ParserError as error:
         lines = str(error).strip().splitlines()
         raise AvemoError(f"malformed CSV: {lines[-1] if lines else error}", path) from None
+    if not isinstance(data.index, pd.RangeIndex):  # pandas took the surplus as an index
+        raise AvemoError("malformed CSV: lines with more values than header columns", path)
     data.columns = [str(name).strip().lower() for name in data.columns]
     missing = [name for name in required if name not in data.columns]
     if missing:
