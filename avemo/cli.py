@@ -300,3 +300,178 @@ def evaluate(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo(result.table())
+
+
+# --- avemo extract / train / bundle: fusion-head training on cached features (issue 6) ---------
+
+
+def _failed(error: AvemoError) -> typer.Exit:
+    """Report a failed command on one line; exit status 1."""
+    if os.environ.get("AVEMO_DEBUG"):
+        raise error
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def extract(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Video files and/or folders: frame times and audio.")
+    ],
+    crops: Annotated[
+        Path,
+        typer.Option(
+            "--crops",
+            help="Face crops: Aff-Wild2 cropped_aligned/ or `avemo faces --save-crops` output.",
+        ),
+    ],
+    output: OutputDir,
+    visual: Annotated[
+        str | None, typer.Option("--visual", help="Visual backbone checkpoint (file or name).")
+    ] = None,
+    audio: Annotated[
+        str | None, typer.Option("--audio", help="Audio backbone checkpoint (file or name).")
+    ] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline", help="Take both backbones from a pipeline checkpoint."),
+    ] = None,
+    labels: Annotated[
+        list[Path] | None,
+        typer.Option("--labels", help="Label folder(s): extract only the labelled videos."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per pass.")] = 8,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+) -> None:
+    """Cache backbone features of every clip (one <video>.npz each) for `avemo train`."""
+    from avemo.extract import extract as run
+
+    try:
+        result = run(
+            inputs,
+            crops,
+            output,
+            visual=visual,
+            audio=audio,
+            pipeline=pipeline,
+            labels=labels,
+            batch_size=batch_size,
+            device=device,
+            overwrite=overwrite,
+        )
+    except AvemoError as error:
+        raise _failed(error) from None
+    typer.echo(result.summary("videos"), err=True)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def train(
+    features: Annotated[Path, typer.Option("--features", help="Feature cache (avemo extract).")],
+    labels: Annotated[
+        list[Path], typer.Option("--labels", help="Label folder(s) of <video>.txt files.")
+    ],
+    head: Annotated[
+        str,
+        typer.Option(
+            "--head", help="jca, jmt, jca_tbiom, concat, cross_attention or leader_follower."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint (.safetensors).")],
+    recipe: Annotated[
+        str,
+        typer.Option("--recipe", help="jca-cvpr, jca-journal, jmt-paper or jmt-code (SPEC 7)."),
+    ] = "jca-journal",
+    val: Annotated[
+        Path | None,
+        typer.Option("--val", help="Validation label folder, or a file listing video names."),
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option("--folds", min=2, help="K-fold cross-validation.")
+    ] = None,
+    fold: Annotated[
+        int | None, typer.Option("--fold", min=0, help="Train this fold only (0-based).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Sequences per batch.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Maximum epochs.")] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option("--patience", min=1, help="Stop after N epochs without a better val CCC."),
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", min=1, help="Clips per sequence (L).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of init, shuffle, dropout.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Data loader workers.")] = 0,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option("--pipeline", help="Also bundle backbones + head here for annotate."),
+    ] = None,
+    device: Device = "auto",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Train again even if OUTPUT is finished.")
+    ] = False,
+) -> None:
+    """Train a fusion head on cached features; saves the best epoch and a CSV log per epoch.
+
+    An interrupted run resumes where it stopped when given the same command again. With --folds K
+    and no --fold every fold is trained (OUTPUT.fold<i>.safetensors) and OUTPUT.folds.csv holds
+    each fold's validation CCC and their mean.
+    """
+    from avemo import train as training
+
+    options = dict(
+        recipe_name=recipe,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        seq_len=seq_len,
+        seed=seed,
+        device=device,
+        num_workers=workers,
+        overwrite=overwrite,
+    )
+    try:
+        if folds is not None and fold is None:
+            if val is not None or pipeline is not None:
+                raise AvemoError("--folds without --fold trains every fold: no --val, --pipeline")
+            results = training.cross_validate(
+                features, labels, head, output, folds=folds, **options
+            )
+            typer.echo(training.fold_summary(results).to_string(index=False, float_format="%.4f"))
+            return
+        result = training.train(
+            features, labels, head, output, validation=val, folds=folds, fold=fold, **options
+        )
+        scores = result.validation
+        typer.echo(
+            f"{result.output}: best epoch {result.best_epoch} of {result.epochs_run}, validation "
+            f"CCC valence {scores['ccc_valence']:.4f} arousal {scores['ccc_arousal']:.4f} "
+            f"mean {scores['ccc_mean']:.4f} (log: {result.log})"
+        )
+        if pipeline is not None:
+            typer.echo(f"pipeline: {training.bundle(result.output, features, pipeline)}")
+    except AvemoError as error:
+        raise _failed(error) from None
+
+
+@app.command()
+def bundle(
+    head: Annotated[Path, typer.Argument(help="Fusion head checkpoint from `avemo train`.")],
+    features: Annotated[
+        Path, typer.Option("--features", help="The feature cache the head was trained on.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pipeline checkpoint to write.")],
+) -> None:
+    """Bundle the cache's backbones and a trained head into one checkpoint for annotate."""
+    from avemo.train import bundle as run
+
+    try:
+        typer.echo(str(run(head, features, output)))
+    except AvemoError as error:
+        raise _failed(error) from None

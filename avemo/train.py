@@ -816,3 +816,63 @@ def fold_summary(results: Sequence[FitResult]):
     means = table[["ccc_valence", "ccc_arousal", "ccc_mean"]].mean()
     table.loc[len(table)] = {"fold": "mean", "best_epoch": None, **means, "checkpoint": ""}
     return table
+
+
+def bundle(head: str | os.PathLike, features: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """One pipeline checkpoint (``avemo annotate --model``) from a trained head and the
+    backbones that made its feature cache.
+
+    The backbone checkpoints named in the cache's ``cache.json`` must still be there with the
+    same sha256 (the features came from exactly those weights). The pipeline's provenance keeps
+    the head's training record and names every component's file and hash.
+    """
+    from avemo import models
+    from avemo.utils import sha256_file
+
+    head, output = Path(head), Path(output)
+    info = read_cache_info(features)
+    header = models.read_header(head)
+    if header.get("component") != "head":
+        raise AvemoError(f"not a fusion head checkpoint ({header.get('component')})", head)
+    training = (header.get("provenance") or {}).get("training") or {}
+    seq_len = (training.get("recipe") or {}).get("seq_len") or header["kwargs"].get("seq_len")
+    if not seq_len:
+        raise AvemoError(
+            "the head does not say its sequence length L (not from avemo train?)", head
+        )
+    parts, sources = {}, {}
+    for role in ("visual", "audio"):
+        entry = info[role]
+        path = Path(entry["checkpoint"])
+        if not path.is_file():
+            raise AvemoError(f"the {role} backbone checkpoint of the cache is gone", path)
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise AvemoError(f"the {role} backbone changed since extraction (sha256 differs)", path)
+        module = models.load(path)
+        parts[role] = getattr(module, entry["part"]) if entry.get("part") else module
+        sources[role] = {"checkpoint": str(path), "sha256": digest, "builder": entry["builder"]}
+    sources["head"] = {"checkpoint": str(head.resolve()), "sha256": sha256_file(head)}
+    pipeline = models.build(
+        "pipeline",
+        visual={"builder": info["visual"]["builder"], "kwargs": info["visual"]["kwargs"]},
+        audio={"builder": info["audio"]["builder"], "kwargs": info["audio"]["kwargs"]},
+        head={"builder": header["builder"], "kwargs": header["kwargs"]},
+        seq_len=int(seq_len),
+    )
+    pipeline.visual.load_state_dict(parts["visual"].state_dict())
+    pipeline.audio.load_state_dict(parts["audio"].state_dict())
+    pipeline.head.load_state_dict(models.load(head).state_dict())
+    trained = all(info[role].get("trained") for role in ("visual", "audio"))
+    models.save(
+        pipeline,
+        output,
+        provenance={
+            "trained": True,
+            "source": "avemo train (fusion head) + the cache's backbones",
+            "training": training,
+            "components": sources,
+            "backbones_trained": trained,
+        },
+    )
+    return output
