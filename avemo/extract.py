@@ -399,8 +399,13 @@ def extract_video(
     batch_size: int = DEFAULT_BATCH,
     device="cpu",
     progress: bool | None = None,
+    sibling: Features | None = None,
 ) -> Features:
-    """Features of every clip of one video (dense: the clip ending at each frame)."""
+    """Features of every clip of one video (dense: the clip ending at each frame).
+
+    ``sibling``: the cached features of the other half of a two-person video (same video file);
+    its audio features are reused instead of computed again.
+    """
     import torch
     from tqdm import tqdm
 
@@ -424,8 +429,13 @@ def extract_video(
     n = len(times)
     present = np.zeros(n, dtype=bool)
     present[list(frames)] = True
-    audio = load_audio(source.video, SAMPLE_RATE, info=info)
-    if audio.missing:
+    if sibling is not None and len(sibling.frame) == n:
+        audio, shared = None, np.asarray(sibling.audio)
+        has_audio = bool(sibling.info.get("audio"))
+    else:
+        audio, shared = load_audio(source.video, SAMPLE_RATE, info=info), None
+        has_audio = not audio.missing
+    if not has_audio:
         log.warning("%s: no audio stream; the audio features are those of silence", source.video)
     clips = ClipMaker(frames, backbones.description["visual"]["preprocessing"])
     logmel = LogMel().to(device)
@@ -442,12 +452,13 @@ def extract_video(
             ends = np.arange(start, min(start + batch_size, n))
             indices = np.stack([clip_frames(int(e), present) for e in ends])
             visual_out.append(backbones.visual(clips.clips(indices).to(device)).float().cpu())
-            waves = torch.from_numpy(clip_waveforms(audio, times, ends, info.fps)).to(device)
-            audio_out.append(backbones.audio(logmel(waves)).float().cpu())
+            if shared is None:
+                waves = torch.from_numpy(clip_waveforms(audio, times, ends, info.fps)).to(device)
+                audio_out.append(backbones.audio(logmel(waves)).float().cpu())
             bar.update(len(ends))
     return Features(
         name=source.name,
-        audio=torch.cat(audio_out).numpy(),
+        audio=torch.cat(audio_out).numpy() if shared is None else shared,
         visual=torch.cat(visual_out).numpy(),
         frame=np.arange(1, n + 1, dtype=np.int64),
         face=window_has_face(present),
@@ -458,9 +469,27 @@ def extract_video(
             "decoded_frames": decoded,
             "fps": info.fps,
             "crops_present": int(present.sum()),
-            "audio": not audio.missing,
+            "audio": has_audio,
         },
     )
+
+
+def _sibling(output: Path, source: Source) -> Features | None:
+    """The cached features of the other half of a two-person video, if any (same video file)."""
+    from avemo.train import PAIR_SUFFIXES, pair_base
+
+    stem = Path(source.name).name
+    base = pair_base(stem)
+    for suffix in PAIR_SUFFIXES if base != stem else ():
+        path = output / Path(source.name).with_name(base + suffix + FEATURE_SUFFIX)
+        if base + suffix != stem and path.exists():
+            try:
+                features = read_features(path)
+            except AvemoError:
+                continue
+            if features.info.get("video") == str(source.video.resolve()):
+                return features
+    return None
 
 
 def extract(
@@ -523,7 +552,12 @@ def extract(
         if not isinstance(source, Source):
             raise AvemoError(source[1], source[0])
         features = extract_video(
-            source, backbones, batch_size=batch_size, device=device, progress=progress
+            source,
+            backbones,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            sibling=_sibling(output, source),
         )
         write_features(job.output(FEATURE_SUFFIX), features)
 

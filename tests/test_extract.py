@@ -1,0 +1,410 @@
+"""The feature cache: file format, pairing crops with videos, extraction, and the end-to-end path
+extract -> train -> bundle -> evaluate on a tiny Aff-Wild2-shaped dataset of real face frames."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from avemo import models
+from avemo import train as T
+from avemo.backbones import CLIP_SIZE, KINETICS_MEAN, KINETICS_STD, visual_preprocessing
+from avemo.cli import app
+from avemo.clips import clip_frames
+from avemo.errors import AvemoError
+from avemo.extract import (
+    CACHE_JSON,
+    ClipMaker,
+    Features,
+    Source,
+    crop_frames,
+    find_sources,
+    read_cache_info,
+    read_features,
+    write_features,
+)
+
+FRAMES = 120  # frames of the test clips (4 s of carphone)
+MISSING = {"talk": range(40, 50), "pair_left": (), "pair_right": range(0, 40)}  # no face there
+
+
+class TinyVideoNet(torch.nn.Module):
+    """A small 3D convolution + pooling: clips -> 16 features (real backbones take ~0.3 s/clip
+    here; the benchmark measures those)."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(
+            3, dim, kernel_size=(3, 7, 7), stride=(2, 4, 4), padding=(1, 3, 3)
+        )
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.conv(clips).relu().mean(dim=(2, 3, 4))
+
+
+@models.register("test_tiny_video", "visual_backbone")
+def tiny_video(dim: int = 16) -> TinyVideoNet:
+    module = TinyVideoNet(dim)
+    module.avemo_preprocessing = visual_preprocessing(CLIP_SIZE, KINETICS_MEAN, KINETICS_STD)
+    return module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- the cache file format ------------------------------------------------------------------------
+
+
+def test_feature_files_round_trip_memory_mapped(tmp_path):
+    rng = np.random.default_rng(0)
+    features = Features(
+        "v",
+        audio=rng.normal(size=(50, 4)).astype(np.float32),
+        visual=rng.normal(size=(50, 6)).astype(np.float32),
+        frame=np.arange(1, 51),
+        face=rng.random(50) > 0.3,
+        info={"fps": 30.0},
+    )
+    write_features(tmp_path / "v.npz", features)
+    back = read_features(tmp_path / "v.npz")
+    assert isinstance(back.visual, np.memmap) and not back.visual.flags.writeable
+    for key in ("audio", "visual", "frame", "face"):
+        assert np.array_equal(getattr(back, key), getattr(features, key))
+    assert back.info == {"fps": 30.0} and back.num_frames == 50
+    # numpy reads the same file
+    with np.load(tmp_path / "v.npz") as plain:
+        assert plain["frame"].dtype == np.int64 and plain["audio"].dtype == np.float32
+        assert np.array_equal(plain["visual"], features.visual)
+
+
+def test_bad_feature_files_fail_clearly(tmp_path):
+    path = tmp_path / "v.npz"
+    write_features(
+        path, Features("v", np.zeros((3, 2)), np.zeros((3, 2)), np.arange(1, 4), np.ones(3, bool))
+    )
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(AvemoError, match="not a readable feature file"):
+        read_features(path)
+    np.savez(tmp_path / "w.npz", audio=np.zeros((3, 2)))
+    with pytest.raises(AvemoError, match="missing visual, frame, face"):
+        read_features(tmp_path / "w.npz")
+    with pytest.raises(AvemoError, match="not a feature cache"):
+        read_cache_info(tmp_path)
+    with pytest.raises(ValueError, match="one row per clip"):
+        write_features(
+            path,
+            Features("v", np.zeros((3, 2)), np.zeros((2, 2)), np.arange(1, 4), np.ones(3, bool)),
+        )
+
+
+# --- pairing crops folders with videos -----------------------------------------------------------
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_sources_pair_affwild2_crops_with_videos_and_left_right_with_their_base(tmp_path):
+    for name in ("a", "b_left", "b_right", "c"):
+        touch(tmp_path / "cropped_aligned" / name / "00001.jpg")
+    touch(tmp_path / "videos" / "a.mp4")
+    touch(tmp_path / "videos" / "sub" / "b.avi")
+    sources = find_sources([tmp_path / "videos"], tmp_path / "cropped_aligned")
+    by_name = {s.name if isinstance(s, Source) else s[0]: s for s in sources}
+    assert by_name["a"].video == tmp_path / "videos" / "a.mp4"
+    assert by_name["b_left"].video == by_name["b_right"].video == tmp_path / "videos/sub/b.avi"
+    assert by_name["b_left"].crops == tmp_path / "cropped_aligned" / "b_left"
+    assert by_name["c"] == ("c", "no video file for 'c' (looked for c.* too)")
+    # with labels: exactly the labelled videos; a labelled video without crops is a problem
+    sources = find_sources([tmp_path / "videos"], tmp_path / "cropped_aligned", ["a", "d"])
+    assert [s.name for s in sources if isinstance(s, Source)] == ["a"]
+    assert sources[1][0] == "d" and sources[1][1].startswith("no face crops folder named 'd'")
+
+
+def test_sources_pair_avemo_faces_crops_with_their_videos(tmp_path):
+    # `avemo faces IN -o OUT --save-crops` writes OUT/<rel>/<stem>/%05d.jpg for IN/<rel>/<stem>.mp4
+    touch(tmp_path / "faces" / "day1" / "clip" / "00003.jpg")
+    touch(tmp_path / "faces" / "day2" / "clip" / "00001.jpg")
+    touch(tmp_path / "in" / "day1" / "clip.mp4")
+    touch(tmp_path / "in" / "day2" / "clip.mov")
+    sources = find_sources([tmp_path / "in"], tmp_path / "faces")
+    assert [(s.name, s.video.relative_to(tmp_path).as_posix()) for s in sources] == [
+        ("day1/clip", "in/day1/clip.mp4"),
+        ("day2/clip", "in/day2/clip.mov"),
+    ]
+    assert crop_frames(sources[0].crops) == {2: tmp_path / "faces/day1/clip/00003.jpg"}
+
+
+# --- a tiny Aff-Wild2-shaped dataset of real face frames -----------------------------------------
+
+
+def label_values(frames: int, seed: int) -> np.ndarray:
+    """Smooth valence/arousal with a few -5 (invalid) frames."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames)
+    values = np.stack([0.6 * np.sin(t / 15 + rng.uniform(0, 6)), 0.5 * np.cos(t / 25)], 1)
+    values[rng.integers(0, frames, 6)] = -5
+    return values
+
+
+@pytest.fixture(scope="module")
+def affwild2(tmp_path_factory, av_clip, carphone):
+    """``videos/`` (talk.mp4, pair.mp4: carphone with speech-like audio), ``cropped_aligned/``
+    (talk, pair_left, pair_right: carphone frames as 112x112 crops, some frames without a face)
+    and ``labels/Train_Set``, ``labels/Validation_Set``; plus random-weight backbones."""
+    import av
+
+    root = tmp_path_factory.mktemp("affwild2")
+    (root / "videos").mkdir()
+    shutil.copy(av_clip, root / "videos" / "talk.mp4")
+    shutil.copy(av_clip, root / "videos" / "pair.mp4")
+    with av.open(str(carphone)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][:FRAMES]
+    for seed, (name, missing) in enumerate(MISSING.items()):
+        folder = root / "cropped_aligned" / name
+        folder.mkdir(parents=True)
+        for i, frame in enumerate(frames):
+            if i not in missing:
+                Image.fromarray(frame).resize((CLIP_SIZE, CLIP_SIZE)).save(
+                    folder / f"{i + 1:05d}.jpg"
+                )
+        split = "Validation_Set" if name == "pair_right" else "Train_Set"
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        lines = ["valence,arousal"] + [f"{v:.3f},{a:.3f}" for v, a in label_values(FRAMES, seed)]
+        (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    models.save(
+        models.build("test_tiny_video"), root / "visual.safetensors", provenance={"trained": False}
+    )
+    models.save(
+        models.build("audio_resnet18"), root / "audio.safetensors", provenance={"trained": False}
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(affwild2):
+    """The dataset's feature cache, made by the CLI."""
+    root = affwild2
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            str(root / "videos"),
+            "--crops",
+            str(root / "cropped_aligned"),
+            "-o",
+            str(root / "cache"),
+            "--visual",
+            str(root / "visual.safetensors"),
+            "--audio",
+            str(root / "audio.safetensors"),
+            "--labels",
+            str(root / "labels"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "16",
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 videos done, 0 skipped" in result.output
+    return root / "cache"
+
+
+def test_extract_writes_one_dense_file_per_video_and_describes_the_backbones(affwild2, cache):
+    info = read_cache_info(cache)
+    assert (
+        info["visual"]["builder"] == "test_tiny_video"
+        and info["audio"]["builder"] == "audio_resnet18"
+    )
+    assert info["visual"]["checkpoint"] == str((affwild2 / "visual.safetensors").resolve())
+    assert info["visual"]["preprocessing"]["size"] == [CLIP_SIZE, CLIP_SIZE]
+    assert info["spectrogram"]["n_mels"] == 64 and info["clip"] == {
+        "frames": 8,
+        "window": 32,
+        "tiling": "dense",
+    }
+    files = sorted(p.name for p in cache.glob("*.npz"))
+    assert files == ["pair_left.npz", "pair_right.npz", "talk.npz"]
+    for name in MISSING:
+        features = read_features(cache / f"{name}.npz")
+        assert features.audio.shape == (FRAMES, 512) and features.visual.shape == (FRAMES, 16)
+        assert np.array_equal(features.frame, np.arange(1, FRAMES + 1))
+        assert features.info["audio"] is True and features.info["frames"] == FRAMES
+    # pair_right has no face in frames 1-40: no face in the windows ending there, one black clip
+    right = read_features(cache / "pair_right.npz")
+    assert not right.face[:40].any() and right.face[40:].all()
+    assert np.allclose(right.visual[0], right.visual[39]) and not np.allclose(
+        right.visual[39], right.visual[40]
+    )
+    # the two halves of a two-person video share its audio track
+    left = read_features(cache / "pair_left.npz")
+    assert np.array_equal(left.audio, right.audio)
+    assert not np.allclose(left.audio[10], left.audio[100])  # real audio, not silence
+
+
+def test_cached_visual_features_are_the_backbone_on_the_clip_of_each_end_frame(affwild2, cache):
+    features = read_features(cache / "talk.npz")
+    backbone = models.load(affwild2 / "visual.safetensors")
+    frames = crop_frames(affwild2 / "cropped_aligned" / "talk")
+    present = np.zeros(FRAMES, bool)
+    present[list(frames)] = True
+    maker = ClipMaker(frames, read_cache_info(cache)["visual"]["preprocessing"])
+    ends = np.array([0, 45, 47, 119])  # 46..49 have windows with missing frames
+    clips = maker.clips(np.stack([clip_frames(int(e), present) for e in ends]))
+    assert clips.shape == (4, 3, 8, CLIP_SIZE, CLIP_SIZE)
+    with torch.inference_mode():
+        expected = backbone(clips).numpy()
+    assert np.allclose(features.visual[ends], expected, atol=1e-5)
+
+
+def test_extract_skips_cached_videos_and_reports_missing_inputs_on_one_line(
+    affwild2, cache, tmp_path
+):
+    runner = CliRunner()
+    base = [
+        "extract", str(affwild2 / "videos"), "--crops", str(affwild2 / "cropped_aligned"),
+        "--visual", str(affwild2 / "visual.safetensors"),
+        "--audio", str(affwild2 / "audio.safetensors"), "--device", "cpu",
+    ]  # fmt: skip
+    result = runner.invoke(app, [*base, "-o", str(cache), "--labels", str(affwild2 / "labels")])
+    assert result.exit_code == 0 and "0 videos done, 3 skipped" in result.output
+    # a labelled video without crops and one without a video file: one line each, the rest done
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in ("talk", "ghost"):
+        (labels / f"{name}.txt").write_text("valence,arousal\n0.1,0.2\n")
+    shutil.copytree(affwild2 / "cropped_aligned" / "talk", tmp_path / "crops" / "talk")
+    shutil.copytree(affwild2 / "cropped_aligned" / "talk", tmp_path / "crops" / "lost")
+    (labels / "lost.txt").write_text("valence,arousal\n0.1,0.2\n")
+    out = tmp_path / "cache"
+    args = [*base[:3], str(tmp_path / "crops"), *base[4:], "-o", str(out), "--labels", str(labels)]
+    args[1] = str(affwild2 / "videos" / "talk.mp4")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: ghost: no face crops folder named 'ghost' in {tmp_path / 'crops'}",
+        "error: lost: no video file for 'lost' (looked for lost.* too)",
+    ]
+    assert "1 videos done" in result.output and (out / "talk.npz").exists()
+    # a cache of other backbones is not mixed with new features
+    torch.manual_seed(1)
+    other = tmp_path / "other.safetensors"
+    models.save(models.build("test_tiny_video"), other, provenance={"trained": False})
+    args[args.index("--visual") + 1] = str(other)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "another visual backbone" in result.output
+
+
+def test_extract_train_bundle_evaluate_end_to_end(affwild2, cache, tmp_path):
+    runner = CliRunner()
+    head, pipeline = tmp_path / "jca.safetensors", tmp_path / "pipeline.safetensors"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            str(cache),
+            "--labels",
+            str(affwild2 / "labels" / "Train_Set"),
+            "--val",
+            str(affwild2 / "labels" / "Validation_Set"),
+            "--head",
+            "jca",
+            "--recipe",
+            "jca-journal",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "-o",
+            str(head),
+            "--pipeline",
+            str(pipeline),
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    training = models.read_header(head)["provenance"]["training"]
+    assert training["recipe"]["seq_len"] == 16 and training["data"]["validation_videos"] == [
+        "pair_right"
+    ]
+    log = pd.read_csv(tmp_path / "jca.log.csv")
+    assert log["epoch"].tolist() == [1, 2]
+
+    # the pipeline holds the cache's backbones and the trained head
+    bundled = models.load(pipeline)
+    assert bundled.avemo_header["component"] == "pipeline" and bundled.seq_len == 16
+    provenance = bundled.avemo_header["provenance"]
+    assert provenance["training"]["best_epoch"] == training["best_epoch"]
+    assert provenance["components"]["visual"]["builder"] == "test_tiny_video"
+    trained_head = models.load(head)
+    for mine, theirs in (
+        (bundled.head, trained_head),
+        (bundled.visual, models.load(affwild2 / "visual.safetensors")),
+    ):
+        for (k, a), (_, b) in zip(
+            mine.state_dict().items(), theirs.state_dict().items(), strict=True
+        ):
+            assert torch.equal(a, b), k
+
+    # per-frame predictions of the validation video, scored by `avemo evaluate`, give the
+    # validation CCC that training reported
+    features = read_features(cache / "pair_right.npz")
+    values = np.clip(T.predict_video(bundled.head, features, bundled.seq_len), -1, 1)
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    pd.DataFrame(
+        {"frame": np.arange(FRAMES), "valence": values[:, 0], "arousal": values[:, 1]}
+    ).to_csv(predictions / "pair_right.csv", index=False)
+    summary = tmp_path / "summary.json"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(predictions),
+            str(affwild2 / "labels" / "Validation_Set"),
+            "--json",
+            str(summary),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scores = json.loads(summary.read_text())
+    assert (
+        scores["n_frames"]
+        == training["validation"]["n_frames"]
+        == FRAMES - len(set(np.flatnonzero(label_values(FRAMES, 2)[:, 0] == -5)))
+    )
+    assert scores["ccc_mean"] == pytest.approx(training["validation"]["ccc_mean"], abs=1e-5)
+
+    # bundling refuses a head that is not one, and backbones that changed since extraction
+    result = runner.invoke(
+        app, ["bundle", str(pipeline), "--features", str(cache), "-o", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 1 and "not a fusion head checkpoint" in result.output
+    cache_json = json.loads((cache / CACHE_JSON).read_text())
+    moved = tmp_path / "moved"
+    shutil.copytree(cache, moved)
+    cache_json["visual"]["sha256"] = "0" * 64
+    (moved / CACHE_JSON).write_text(json.dumps(cache_json))
+    result = runner.invoke(
+        app, ["bundle", str(head), "--features", str(moved), "-o", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 1 and "changed since extraction" in result.output
