@@ -43,6 +43,7 @@ log = logging.getLogger("avemo")
 POOLINGS = ("concat", "video")
 MISSING = ("drop", "zero", "ffill")
 CONFIDENCE = 0.95  # coverage of the bootstrap intervals
+NOTES_SHOWN = 5  # per-video notes logged one by one; the rest are summarised in one line
 _MISSING_TEXT = {"drop": "dropped", "zero": "scored as 0", "ffill": "previous prediction"}
 
 Source = str | os.PathLike | Mapping[str, pd.DataFrame]
@@ -349,8 +350,13 @@ def evaluate(
     if unused:
         shown = ", ".join(unused[:5]) + (", ..." if len(unused) > 5 else "")
         notes.append(f"{len(unused)} prediction file(s) without labels ignored: {shown}")
-    for note in notes:
+    for note in notes[:NOTES_SHOWN] if len(notes) > NOTES_SHOWN + 1 else notes:
         log.warning(note)
+    if len(notes) > NOTES_SHOWN + 1:
+        log.warning(
+            "... and %d more notes (missing or extra frames): see --per-video",
+            len(notes) - NOTES_SHOWN,
+        )
 
     scored = [v for v in videos if v.scores["n_frames"] > 0]
     if not scored:
