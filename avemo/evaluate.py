@@ -43,7 +43,8 @@ log = logging.getLogger("avemo")
 POOLINGS = ("concat", "video")
 MISSING = ("drop", "zero", "ffill")
 CONFIDENCE = 0.95  # coverage of the bootstrap intervals
-_MISSING_TEXT = {"drop": "dropped", "zero": "scored as 0", "ffill": "previous prediction"}
+NOTES_SHOWN = 5  # per-video notes logged one by one; the rest are summarised in one line
+_MISSING_TEXT = {"drop": "dropped", "zero": "scored as 0", "ffill": "given the previous prediction"}
 
 Source = str | os.PathLike | Mapping[str, pd.DataFrame]
 
@@ -133,6 +134,11 @@ def _sources(source: Source, role: str) -> dict[str, Path | pd.DataFrame]:
     if isinstance(source, Mapping):
         return {str(name): as_table(data, f"{role} {name}") for name, data in source.items()}
     return dict(find_files(source))
+
+
+def _some(names, shown: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def _origin(source: Path | pd.DataFrame, name: str) -> str:
@@ -342,15 +348,18 @@ def evaluate(
     unused = sorted(set(prediction_sources) - used)
     if not used:
         raise AvemoError(
-            "no prediction matches a label file by name (labels: "
-            f"{', '.join(sorted(label_sources)[:3])}, ...; predictions: "
-            f"{', '.join(unused[:3]) or 'none found'}, ...)"
+            f"no prediction matches a label file by name (labels: {_some(label_sources)}; "
+            f"predictions: {_some(unused) or 'none found'})"
         )
     if unused:
-        shown = ", ".join(unused[:5]) + (", ..." if len(unused) > 5 else "")
-        notes.append(f"{len(unused)} prediction file(s) without labels ignored: {shown}")
-    for note in notes:
+        notes.append(f"{len(unused)} prediction file(s) without labels ignored: {_some(unused)}")
+    for note in notes[:NOTES_SHOWN] if len(notes) > NOTES_SHOWN + 1 else notes:
         log.warning(note)
+    if len(notes) > NOTES_SHOWN + 1:
+        log.warning(
+            "... and %d more notes (missing or extra frames): see --per-video",
+            len(notes) - NOTES_SHOWN,
+        )
 
     scored = [v for v in videos if v.scores["n_frames"] > 0]
     if not scored:

@@ -36,9 +36,9 @@ def _figure(**options):
     return Figure(layout="constrained", **options)
 
 
-def _save(figure, path: Path) -> None:
+def _save(figure, path: Path, **options) -> None:
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+        figure.savefig(tmp, format="png", dpi=DPI, **options)
 
 
 def _trace(frames: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,15 +58,15 @@ def plot_video(video: Video, path: str | os.PathLike) -> Path:
     _, pred = _trace(video.frames, video.pred)
     for i, (ax, dimension) in enumerate(zip(axes, VALUES, strict=True)):
         ax.axhline(0.0, color="0.8", linewidth=0.8)
-        ax.plot(axis, label[:, i], color="black", linewidth=1.0, label="label")
-        ax.plot(axis, pred[:, i], color=f"C{i}", linewidth=1.0, label="prediction")
+        ax.plot(axis, pred[:, i], color="C0", linewidth=1.0, alpha=0.8, label="prediction")
+        ax.plot(axis, label[:, i], color="black", linewidth=1.2, label="label", zorder=3)
         value = video.scores.get(f"ccc_{dimension}", float("nan"))
         ccc = "n/a" if np.isnan(value) else f"{value:.3f}"
         ax.set_title(f"{dimension}: CCC {ccc}", loc="left", fontsize="medium")
         ax.set_ylabel(dimension)
         ax.set_ylim(-1.05, 1.05)
-        ax.legend(loc="upper right", fontsize="small")
     axes[-1].set_xlabel("frame (0-based)")
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside upper right", ncols=2)
     figure.suptitle(video.name)
     _save(figure, path)
     return path
@@ -96,7 +96,7 @@ def plot_scatter(videos: Sequence[Video], path: str | os.PathLike, seed: int = 0
         ax.set_box_aspect(1)
         ax.set_xlabel("valence")
     axes[0].set_ylabel("arousal")
-    _save(figure, path)
+    _save(figure, path, bbox_inches="tight")  # constrained layout alone clips square panels' titles
     return path
 
 
