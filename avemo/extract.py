@@ -200,7 +200,7 @@ def find_sources(
     that cannot be paired is returned as ``(name, problem)`` so the batch can report it.
     """
     from avemo.batch import find_jobs
-    from avemo.train import pair_base
+    from avemo.dataset import pair_base
 
     folders = crop_folders(crops)
     by_base: dict[str, list[str]] = {}
@@ -476,13 +476,14 @@ def extract_video(
 
 def _sibling(output: Path, source: Source) -> Features | None:
     """The cached features of the other half of a two-person video, if any (same video file)."""
-    from avemo.train import PAIR_SUFFIXES, pair_base
+    from avemo.dataset import pair_base
+    from avemo.labels import SIDES
 
     stem = Path(source.name).name
     base = pair_base(stem)
-    for suffix in PAIR_SUFFIXES if base != stem else ():
-        path = output / Path(source.name).with_name(base + suffix + FEATURE_SUFFIX)
-        if base + suffix != stem and path.exists():
+    for side in SIDES if base != stem else ():
+        path = output / Path(source.name).with_name(f"{base}_{side}{FEATURE_SUFFIX}")
+        if f"{base}_{side}" != stem and path.exists():
             try:
                 features = read_features(path)
             except AvemoError:
@@ -516,7 +517,7 @@ def extract(
     :class:`avemo.batch.BatchResult`.
     """
     from avemo.batch import Job, run_batch
-    from avemo.train import label_files
+    from avemo.dataset import label_files
     from avemo.utils import torch_device
 
     output = Path(output)

@@ -32,15 +32,22 @@ from torch import nn
 from tqdm import tqdm
 
 from avemo.batch import atomic_path
-from avemo.clips import sequences
+from avemo.dataset import (
+    SequenceDataset,
+    Video,
+    label_files,
+    load_videos,
+    predict_video,
+    split_folds,
+    validation_names,
+)
 from avemo.errors import AvemoError
-from avemo.extract import Features, cached_videos, read_cache_info, read_features
+from avemo.extract import cached_videos, read_cache_info
 from avemo.metrics import ccc_loss
 
 log = logging.getLogger("avemo")
 
 HEADS = ("jca", "jmt", "jca_tbiom", "concat", "cross_attention", "leader_follower")
-VALIDATION_BATCH = 64  # sequences per forward pass when predicting validation videos
 
 
 @dataclass(frozen=True)
@@ -116,144 +123,6 @@ def recipe(name: str, **overrides) -> Recipe:
         raise AvemoError(f"unknown recipe {name!r}; one of {', '.join(RECIPES)}")
     changes = {key: value for key, value in overrides.items() if value is not None}
     return dataclasses.replace(RECIPES[name], **changes)
-
-
-# --- data -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Video:
-    """One video's cached features and its per-frame labels (``frames x 2``, NaN: no label)."""
-
-    features: Features
-    labels: np.ndarray
-
-    @property
-    def name(self) -> str:
-        return self.features.name
-
-
-def label_files(folders: Sequence[str | os.PathLike]) -> dict[str, Path]:
-    """Video name -> label file, for every label file under the given folders or files."""
-    from avemo.labels import find_files
-
-    found: dict[str, Path] = {}
-    for folder in folders:
-        for name, path in find_files(folder).items():
-            if name in found and found[name] != path:
-                raise AvemoError(f"two label files for video {name!r}: {found[name]}", path)
-            found[name] = path
-    return found
-
-
-def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Per-frame ``valence, arousal`` (0-based frames) of a label file, NaN where invalid."""
-    import pandas as pd
-
-    from avemo.labels import read_table
-
-    table = read_table(path)
-    last = int(table.index.max()) + 1 if len(table) else 0
-    return table.reindex(pd.RangeIndex(last)).to_numpy(dtype=np.float32)
-
-
-def load_videos(
-    features: str | os.PathLike, labels: dict[str, Path], names: Sequence[str]
-) -> list[Video]:
-    """The cached features and labels of ``names`` (all must be in the cache and labelled)."""
-    cache = cached_videos(features)
-    by_stem = {Path(name).name: path for name, path in cache.items()}
-    videos = []
-    for name in names:
-        path = cache.get(name) or by_stem.get(Path(name).name)
-        if path is None:
-            raise AvemoError(f"video {name!r} has labels but no cached features", features)
-        videos.append(Video(read_features(path, Path(name).name), read_labels(labels[name])))
-    return videos
-
-
-def clip_rows(features: Features) -> np.ndarray:
-    """For every frame (0-based), the cache row of the clip that ends there, or -1."""
-    rows = np.full(features.num_frames, -1, dtype=np.int64)
-    rows[features.frame - 1] = np.arange(len(features.frame))
-    return rows
-
-
-class SequenceDataset(torch.utils.data.Dataset):
-    """Dense L-clip sequences over the cached features of several videos, with their labels.
-
-    Item ``i`` is ``(audio L x Da, visual L x Dv, target L x 2, mask L x 2)``: clips past the end
-    of the video (padding) have zero features, and the mask is False there and wherever a label
-    is missing or invalid (-5 in the file; per dimension).
-    """
-
-    def __init__(self, videos: Sequence[Video], seq_len: int):
-        self.videos = list(videos)
-        self.seq_len = seq_len
-        self.rows = [clip_rows(v.features) for v in self.videos]
-        index = []
-        for number, video in enumerate(self.videos):
-            for ends in sequences(video.features.num_frames, seq_len):
-                index.append((number, ends))
-        self.index = index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def item(self, number: int, ends: np.ndarray):
-        video, rows = self.videos[number], self.rows[number]
-        features = video.features
-        inside = ends < len(rows)
-        row = np.where(inside, rows[np.minimum(ends, len(rows) - 1)], -1)
-        valid = row >= 0
-        audio = np.zeros((len(ends), features.audio.shape[1]), dtype=np.float32)
-        visual = np.zeros((len(ends), features.visual.shape[1]), dtype=np.float32)
-        audio[valid] = features.audio[row[valid]]
-        visual[valid] = features.visual[row[valid]]
-        target = np.zeros((len(ends), 2), dtype=np.float32)
-        labelled = ends < len(video.labels)
-        target[labelled] = video.labels[ends[labelled]]
-        mask = labelled[:, None] & ~np.isnan(target) & valid[:, None]
-        target[~mask] = 0.0
-        return (
-            torch.from_numpy(audio),
-            torch.from_numpy(visual),
-            torch.from_numpy(target),
-            torch.from_numpy(mask),
-        )
-
-    def __getitem__(self, i: int):
-        return self.item(*self.index[i])
-
-
-def predict_video(
-    model: nn.Module,
-    features: Features,
-    seq_len: int,
-    *,
-    device: torch.device | str = "cpu",
-    batch_size: int = VALIDATION_BATCH,
-) -> np.ndarray:
-    """Per-frame predictions ``num_frames x 2`` of one video (NaN where no clip ends)."""
-    rows = clip_rows(features)
-    out = np.full((len(rows), 2), np.nan, dtype=np.float32)
-    all_ends = list(sequences(len(rows), seq_len))
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(all_ends), batch_size):
-            ends = np.stack(all_ends[start : start + batch_size])
-            inside = ends < len(rows)
-            row = np.where(inside, rows[np.minimum(ends, len(rows) - 1)], -1)
-            valid = row >= 0
-            audio = np.zeros(ends.shape + (features.audio.shape[1],), dtype=np.float32)
-            visual = np.zeros(ends.shape + (features.visual.shape[1],), dtype=np.float32)
-            audio[valid] = features.audio[row[valid]]
-            visual[valid] = features.visual[row[valid]]
-            pred = model(torch.from_numpy(audio).to(device), torch.from_numpy(visual).to(device))
-            out[ends[valid]] = pred.float().cpu().numpy()[valid]
-    model.train(was_training)
-    return out
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -521,64 +390,7 @@ def _write_log(path: Path, history: list[dict]) -> None:
             writer.writerow({k: row[k] for k in LOG_COLUMNS})
 
 
-# --- data splits, folds, the command -------------------------------------------------------------
-
-PAIR_SUFFIXES = ("_left", "_right")  # two-person Aff-Wild2 videos share one audio track (SPEC 8)
-
-
-def pair_base(name: str) -> str:
-    """The video a ``<base>_left`` / ``<base>_right`` name was cut from (else the name itself)."""
-    for suffix in PAIR_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def split_folds(names: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
-    """``k`` disjoint folds of video names, the two halves of a two-person video kept together.
-
-    Groups of names (by :func:`pair_base`) are shuffled with ``seed`` and dealt out in turn, so
-    the split depends only on the set of names, ``k`` and ``seed``.
-    """
-    if k < 2:
-        raise AvemoError(f"--folds must be at least 2, got {k}")
-    groups: dict[str, list[str]] = {}
-    for name in sorted(set(names)):
-        groups.setdefault(pair_base(name), []).append(name)
-    if len(groups) < k:
-        raise AvemoError(f"{len(groups)} videos cannot make {k} folds")
-    order = sorted(groups)
-    np.random.default_rng(seed).shuffle(order)
-    folds: list[list[str]] = [[] for _ in range(k)]
-    for i, base in enumerate(order):
-        folds[i % k].extend(groups[base])
-    return [sorted(fold) for fold in folds]
-
-
-def validation_names(validation: str | os.PathLike | Sequence[str], labels: dict[str, Path]):
-    """Validation video names from a label folder, a text file of names, or a list of names.
-
-    A folder's label files are added to ``labels`` (Aff-Wild2 keeps them in their own folder).
-    """
-    if isinstance(validation, str | os.PathLike):
-        path = Path(validation)
-        if path.is_dir():
-            found = label_files([path])
-            if not found:
-                raise AvemoError("no label files (*.txt) in the validation folder", path)
-            labels.update(found)
-            return sorted(found)
-        if path.is_file():
-            names = [line.strip() for line in path.read_text().splitlines()]
-            names = [Path(n).stem if n.endswith(".txt") else n for n in names if n]
-        else:
-            raise AvemoError("no such validation folder or list file", path)
-    else:
-        names = list(validation)
-    unknown = [n for n in names if n not in labels]
-    if unknown:
-        raise AvemoError(f"validation video {unknown[0]!r} has no label file", validation)
-    return sorted(names)
+# --- the command -------------------------------------------------------------------------------
 
 
 def head_arguments(head: str, audio_dim: int, visual_dim: int, seq_len: int) -> dict:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from avemo import dataset as D
 from avemo import models
-from avemo import train as T
 from avemo.backbones import CLIP_SIZE, KINETICS_MEAN, KINETICS_STD, visual_preprocessing
 from avemo.cli import app
 from avemo.clips import clip_frames
@@ -368,7 +368,7 @@ def test_extract_train_bundle_evaluate_end_to_end(affwild2, cache, tmp_path):
     # per-frame predictions of the validation video, scored by `avemo evaluate`, give the
     # validation CCC that training reported
     features = read_features(cache / "pair_right.npz")
-    values = np.clip(T.predict_video(bundled.head, features, bundled.seq_len), -1, 1)
+    values = np.clip(D.predict_video(bundled.head, features, bundled.seq_len), -1, 1)
     predictions = tmp_path / "predictions"
     predictions.mkdir()
     pd.DataFrame(

@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from avemo import dataset as D
 from avemo import models
 from avemo import train as T
 from avemo.cli import app
@@ -62,7 +63,7 @@ def modality(rng, basis, signal, segment=CLIP_WINDOW) -> np.ndarray:
     return (offset + signal[:, None] * direction + noise).astype(np.float32)
 
 
-def synthetic_videos(audio_dim=16, visual_dim=16, videos=8, frames=384, seed=0) -> list[T.Video]:
+def synthetic_videos(audio_dim=16, visual_dim=16, videos=8, frames=384, seed=0) -> list[D.Video]:
     """Valence is carried by the visual features only, arousal by the audio features only.
 
     Each modality has its own per-segment noise; a few frames per video are unlabelled (NaN, as
@@ -86,7 +87,7 @@ def synthetic_videos(audio_dim=16, visual_dim=16, videos=8, frames=384, seed=0) 
             frame=np.arange(1, frames + 1),
             face=np.ones(frames, bool),
         )
-        out.append(T.Video(features, labels))
+        out.append(D.Video(features, labels))
     return out
 
 
@@ -107,7 +108,7 @@ def without(videos, modality_name):
     for video in videos:
         zeroed = np.zeros_like(getattr(video.features, modality_name))
         features = dataclasses.replace(video.features, **{modality_name: zeroed})
-        out.append(T.Video(features, video.labels))
+        out.append(D.Video(features, video.labels))
     return out
 
 
@@ -148,7 +149,7 @@ def test_single_modality_baselines_get_only_their_own_dimension(single_modality)
     assert audio["ccc_arousal"] >= 0.8 and abs(audio["ccc_valence"]) < 0.4
 
 
-# --- recipes, sequences, folds ------------------------------------------------------------------
+# --- recipes, heads ------------------------------------------------------------------
 
 
 def test_recipes_follow_spec_7():
@@ -173,48 +174,6 @@ def test_recipes_follow_spec_7():
     assert T.recipe("jmt-paper", lr=0.1, epochs=None).lr == 0.1
     with pytest.raises(AvemoError, match="unknown recipe"):
         T.recipe("jca")
-
-
-def test_sequences_cover_every_frame_once_and_mask_invalid_labels():
-    n, dim = 300, 3
-    audio = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
-    features = Features("v", audio, -audio, np.arange(1, n + 1), np.ones(n, bool))
-    labels = np.tile(np.linspace(-1, 1, 280, dtype=np.float32)[:, None], (1, 2))  # 20 short
-    labels[10, 0] = np.nan  # invalid valence only
-    labels[11] = np.nan
-    dataset = T.SequenceDataset([T.Video(features, labels)], seq_len=4)
-    seen = np.zeros(n, int)
-    for i in range(len(dataset)):
-        a, v, target, mask = dataset[i]
-        ends = dataset.index[i][1]
-        assert a.shape == (4, dim) and target.shape == mask.shape == (4, 2)
-        assert np.all(np.diff(ends) == CLIP_WINDOW)
-        inside = ends < n
-        seen[ends[inside]] += 1
-        assert torch.equal(a[inside], torch.from_numpy(audio[ends[inside]]))
-        assert torch.equal(v[inside], -a[inside])
-        assert not a[~inside].any()  # padding past the end: zeros, never scored
-        for k, e in enumerate(ends):
-            expected = (
-                [e < 280 and not np.isnan(labels[e, d]) for d in range(2)] if e < n else [0, 0]
-            )
-            assert mask[k].tolist() == [bool(x) for x in expected]
-            if mask[k, 0]:
-                assert target[k, 0] == labels[e, 0]
-    assert (seen == 1).all()
-
-
-def test_folds_are_disjoint_cover_every_video_and_keep_pairs_together():
-    names = [f"v{i}" for i in range(9)] + ["p_left", "p_right", "q_left", "q_right"]
-    folds = T.split_folds(names, 5, seed=0)
-    assert sorted(sum(folds, [])) == sorted(names)
-    for fold in folds:
-        assert ("p_left" in fold) == ("p_right" in fold)
-        assert ("q_left" in fold) == ("q_right" in fold)
-    assert T.split_folds(list(reversed(names)), 5, seed=0) == folds
-    assert T.split_folds(names, 5, seed=1) != folds
-    with pytest.raises(AvemoError, match="cannot make"):
-        T.split_folds(["a", "b"], 3)
 
 
 def test_head_arguments_fit_the_cache_or_say_why_not():
@@ -355,8 +314,8 @@ def test_train_from_a_cache_with_a_validation_folder(tmp_path):
     assert again.best_epoch == result.best_epoch and again.epochs_run == result.epochs_run
     # the head reproduces its validation predictions after loading
     model = models.load(out)
-    val = T.load_videos(cache, T.label_files([labels]), ["video6", "video7"])
-    predictions = [T.predict_video(model, v.features, SEQ_LEN) for v in val]
+    val = D.load_videos(cache, D.label_files([labels]), ["video6", "video7"])
+    predictions = [D.predict_video(model, v.features, SEQ_LEN) for v in val]
     scores = T.validation_scores(predictions, val)
     assert scores["ccc_mean"] == pytest.approx(result.validation["ccc_mean"], abs=1e-6)
 
