@@ -225,7 +225,8 @@ def test_convert_script_updates_only_its_manifest_entry(tmp_path):
     before = json.loads(manifest.read_text())
     convert_fer.update_manifest({"size": 12, "sha256": "ab" * 32}, manifest)
     after = json.loads(manifest.read_text())
-    changed = [a["name"] for a, b in zip(after["weights"], before["weights"], strict=True) if a != b]
+    pairs = zip(after["weights"], before["weights"], strict=True)
+    changed = [a["name"] for a, b in pairs if a != b]
     assert changed == [expression.WEIGHTS_NAME]
     entry = next(e for e in after["weights"] if e["name"] == expression.WEIGHTS_NAME)
     assert entry["size"] == 12 and entry["sha256"] == "ab" * 32
