@@ -70,9 +70,9 @@ DESCRIPTION = (
 
 # Crop framing. The 5-point landmark template (eyes, nose tip, mouth corners) is insightface's
 # ArcFace template for 112x112 crops, normalised to [0, 1]; it is scaled about the crop centre
-# by CROP_FACE_SCALE and moved down by CROP_SHIFT_Y (fractions of the crop side) so that the
-# face sits in the 64x64 crop as the fer pipeline frames it (Haar-cascade box made square,
-# 10 px margin; FER2013 was cropped the same way). Calibrated by scripts/calibrate_fer_crop.py.
+# by CROP_FACE_SCALE and moved down by CROP_SHIFT_Y (fractions of the crop side; negative: up)
+# so that the face sits in the 64x64 crop as fer's own inference code frames it (Haar-cascade
+# box made square, 10 px margin). Fitted by scripts/calibrate_fer_crop.py on package photos.
 CROP_FACE_SCALE = 0.98
 CROP_SHIFT_Y = -0.055
 CROP_SUPERSAMPLE_MAX = 4  # warp at up to 4x the crop size, then area-average down (anti-alias)
@@ -197,8 +197,9 @@ def crop_matrix(landmarks: np.ndarray, size: int = EXPRESSION_SIZE, **framing: f
 def expression_crop(image: np.ndarray, landmarks: np.ndarray, **framing: float) -> np.ndarray:
     """The model's input for one face: a 64 x 64 uint8 grayscale crop of an RGB frame.
 
-    ``image`` is H x W x 3 uint8 RGB, ``landmarks`` the face's 5 points (left eye, right eye,
-    nose tip, left and right mouth corner, in image pixels, as CenterFace/insightface give them).
+    ``image`` is H x W x 3 uint8 RGB (or H x W gray); ``landmarks`` are the face's 5 points in
+    image pixels, in the CenterFace/insightface order: image-left eye, image-right eye, nose tip,
+    image-left and image-right mouth corner.
     The face is rotated upright and scaled to FER2013's framing; outside the frame is black.
     Large faces are warped at up to 4x the crop size and area-averaged down, so that
     downscaling does not alias.
@@ -221,7 +222,7 @@ def expression_crop(image: np.ndarray, landmarks: np.ndarray, **framing: float) 
         warped = cv2.resize(
             warped, (EXPRESSION_SIZE, EXPRESSION_SIZE), interpolation=cv2.INTER_AREA
         )
-    return cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
+    return warped if warped.ndim == 2 else cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
 
 
 def preprocess(crops: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -164,6 +164,8 @@ def test_crop_puts_landmarks_on_the_template():
     assert crop.shape == (64, 64) and crop.dtype == np.uint8
     peak = np.unravel_index(np.argmax(crop), crop.shape)
     np.testing.assert_allclose(peak[::-1], template[2], atol=1.5)
+    gray = expression.expression_crop(image[..., 0], landmarks)  # a gray frame works too
+    np.testing.assert_allclose(gray, crop, atol=1)
     # the face is framed like fer's crops: eyes in the upper half, mouth in the lower
     assert template[:2, 1].max() < 32 < template[3:, 1].min()
     assert 0 < template[:, 0].min() and template[:, 0].max() < 64
