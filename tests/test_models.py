@@ -253,3 +253,26 @@ def test_pipeline_rejects_wrong_component():
     spec = {"builder": "test_head", "kwargs": {}}
     with pytest.raises(ValueError, match="visual must be a visual_backbone"):
         models.build("pipeline", visual=spec, audio=spec, head=spec, seq_len=2)
+
+
+def test_pipeline_with_seed_modules(tmp_path):
+    """R(2+1)D + audio ResNet18 + JCA: the preprocessing comes from the backbones' builders."""
+    from avemo.backbones import AUDIO_INPUT, KINETICS_MEAN
+
+    pipe = models.build(
+        "pipeline",
+        visual={"builder": "r2plus1d_18", "kwargs": {"features": "pool"}},
+        audio={"builder": "audio_resnet18", "kwargs": {}},
+        head={"builder": "jca", "kwargs": {"seq_len": 2}},
+        seq_len=2,
+    ).eval()
+    assert pipe.visual_preprocessing["mean"] == list(KINETICS_MEAN)
+    assert pipe.visual_preprocessing["frames"] == 8
+    assert pipe.audio_preprocessing["input_shape"] == list(AUDIO_INPUT)
+    clips, specs = torch.randn(1, 2, 3, 8, 16, 16), torch.randn(1, 2, *AUDIO_INPUT)
+    with torch.inference_mode():
+        out = pipe(clips, specs)
+    assert out.shape == (1, 2, 2)
+    header = models.header_of(pipe, {"trained": False})
+    assert header["kwargs"]["visual"] == {"builder": "r2plus1d_18", "kwargs": {"features": "pool"}}
+    assert header["preprocessing"]["seq_len"] == 2
