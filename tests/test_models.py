@@ -253,6 +253,19 @@ def test_pipeline_rejects_wrong_component():
     spec = {"builder": "test_head", "kwargs": {}}
     with pytest.raises(ValueError, match="visual must be a visual_backbone"):
         models.build("pipeline", visual=spec, audio=spec, head=spec, seq_len=2)
+    with pytest.raises(ValueError, match="visual must be a dict"):
+        models.build("pipeline", visual="r3d_18", audio=spec, head=spec, seq_len=2)
+
+
+def test_header_that_cannot_be_built(tmp_path):
+    path = tmp_path / "bad_kwargs.safetensors"
+    header = {"format": 1, "builder": "test_tied", "component": "head", "kwargs": {"width": 3}}
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"avemo": json.dumps(header)})
+    expect_error(path, "cannot rebuild 'test_tied'")
+
+
+def test_folder_instead_of_file(tmp_path):
+    expect_error(tmp_path, "folder")
 
 
 def test_pipeline_with_seed_modules(tmp_path):
