@@ -243,10 +243,14 @@ def probe(path: _Path) -> VideoInfo:
             fps = float(stream.guessed_rate)
         else:
             raise AvemoError("cannot tell the video's frame rate", path)
-        if first is not None:
-            rotation = _rotation(first.rotation)
-        else:  # the tag older FFmpeg versions exported: clockwise degrees
-            rotation = _rotation(-float(stream.metadata.get("rotate", 0) or 0))
+        # the display matrix reaches Python only on frames; older FFmpeg versions exported it
+        # as a `rotate` tag instead (clockwise degrees)
+        tag = stream.metadata.get("rotate", "0")
+        try:
+            degrees = (first.rotation if first is not None else 0) or -float(tag)
+        except ValueError:
+            degrees = 0
+        rotation = _rotation(degrees)
         width = stream.codec_context.width or (first.width if first else 0)
         height = stream.codec_context.height or (first.height if first else 0)
         if rotation % 180:
