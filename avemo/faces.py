@@ -99,11 +99,10 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:
-    """Indices of the boxes kept by non-maximum suppression, best first."""
-    import torch
-    from torchvision.ops import nms
-
-    return nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+    """Indices of the boxes (N x 4, x1 y1 x2 y2) kept by non-maximum suppression, best first."""
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    keep = cv2.dnn.NMSBoxes(xywh, scores, 0.0, iou)
+    return np.asarray(keep, np.int64).reshape(-1)
 
 
 class CenterFace:
