@@ -78,6 +78,15 @@ def test_more_faces_than_tracks_gives_one_block(carphone_scan):
     assert len(faces_table(carphone_scan, max_faces=4)) == carphone_scan.num_frames
 
 
+def test_group_photo_as_a_video_gives_six_tracks(group_photo, detector):
+    scan = detect_tracks(group_photo, detector)  # FFmpeg reads a JPEG as a one-frame video
+    table = faces_table(scan, max_faces=10)
+    assert scan.num_frames == 1 and len(table) == 6
+    assert table["face_id"].tolist() == list(range(6)) and table["success"].all()
+    sizes = (table["face_width"] * table["face_height"]).to_numpy()
+    assert (sizes[:-1] >= sizes[1:]).all()  # ranked by size (all last one frame)
+
+
 def test_no_face_gives_face_id_minus_one_and_nan(no_audio_clip, detector):
     scan = detect_tracks(no_audio_clip, detector)
     table = faces_table(scan)
