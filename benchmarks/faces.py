@@ -66,8 +66,9 @@ def make_clip(path: Path, frames: list[np.ndarray], minutes: float) -> Path:
     return path
 
 
-def run_faces(clip: Path, out: Path, extra: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one `avemo faces` process."""
+def run_faces(clip: Path, out: Path, extra: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MiB) of one `avemo faces`
+    process."""
     command = [sys.executable, "-m", "avemo", "faces", str(clip), "-o", str(out)]
     command += ["--overwrite", "--no-progress", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -79,7 +80,7 @@ def run_faces(clip: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"avemo faces failed:\n{stderr}")
-    return seconds, usage.ru_maxrss / 1024  # Linux: KiB
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def top_faces(detector: CenterFace, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
@@ -141,14 +142,17 @@ def main() -> None:
         )
 
     print("\nend to end: `avemo faces` on 640x480 30 fps H.264")
-    print("minutes  frames  wall s  fps   peak RSS MiB")
+    print("minutes  frames  wall s  fps   CPU ms/frame  peak RSS MiB")
     for minutes in args.minutes:
         clip = make_clip(args.workdir / f"faces_{minutes:g}min.mp4", frames, minutes)
         count = round(minutes * 60 * FPS)
-        seconds, rss = run_faces(
+        seconds, cpu, rss = run_faces(
             clip, args.workdir / "out", ["--detect-every", str(args.detect_every)]
         )
-        print(f"{minutes:7g}  {count:6d}  {seconds:6.1f}  {count / seconds:4.0f}  {rss:12.0f}")
+        print(
+            f"{minutes:7g}  {count:6d}  {seconds:6.1f}  {count / seconds:4.0f}"
+            f"  {cpu / count * 1000:12.1f}  {rss:12.0f}"
+        )
 
 
 def group_photo() -> np.ndarray:
