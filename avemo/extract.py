@@ -163,6 +163,7 @@ def cached_videos(cache: str | os.PathLike) -> dict[str, Path]:
 # --- extraction ----------------------------------------------------------------------------------
 
 CROP_PATTERN = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)  # %05d.jpg, 1-based frame number
+FACE_SUFFIX = re.compile(r"_face\d+$")  # crops of face k > 0: OUT/<rel>/<stem>_face<k>/
 DEFAULT_BATCH = 8  # clips per backbone forward pass
 
 
@@ -224,7 +225,10 @@ def find_sources(
             folder = matches[0]
         stem = Path(folder).name
         video = by_relative.get(folder)
-        for candidate in (stem, pair_base(stem)):
+        # <stem>_face<k>: another face of the video <stem> (avemo faces --max-faces)
+        other_face = FACE_SUFFIX.sub("", stem)
+        video = video or by_relative.get(Path(folder).with_name(other_face).as_posix())
+        for candidate in (stem, pair_base(stem), other_face):
             if video is None and len(by_stem.get(candidate, [])) == 1:
                 video = by_stem[candidate][0]
         if video is None:

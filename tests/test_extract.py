@@ -139,12 +139,14 @@ def test_sources_pair_avemo_faces_crops_with_their_videos(tmp_path):
     # `avemo faces IN -o OUT --save-crops` writes OUT/<rel>/<stem>/%05d.jpg for IN/<rel>/<stem>.mp4
     touch(tmp_path / "faces" / "day1" / "clip" / "00003.jpg")
     touch(tmp_path / "faces" / "day2" / "clip" / "00001.jpg")
+    touch(tmp_path / "faces" / "day2" / "clip_face1" / "00001.jpg")  # --max-faces 2
     touch(tmp_path / "in" / "day1" / "clip.mp4")
     touch(tmp_path / "in" / "day2" / "clip.mov")
     sources = find_sources([tmp_path / "in"], tmp_path / "faces")
     assert [(s.name, s.video.relative_to(tmp_path).as_posix()) for s in sources] == [
         ("day1/clip", "in/day1/clip.mp4"),
         ("day2/clip", "in/day2/clip.mov"),
+        ("day2/clip_face1", "in/day2/clip.mov"),
     ]
     assert crop_frames(sources[0].crops) == {2: tmp_path / "faces/day1/clip/00003.jpg"}
 
