@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -221,8 +222,9 @@ def fit(
     After every epoch the state (weights, optimiser, best so far, log) goes to
     ``<output>.state.pt``; if that file exists when ``fit`` starts with the same settings, training
     continues from it and ends exactly as an uninterrupted run would. It is deleted at the end.
+    ``progress``: batch progress bars and one line per epoch on stderr (``None``: the bars only
+    on a terminal; ``False``: no bars, and the epoch lines go to the log).
     """
-
     output = Path(output)
     device = torch.device(device)
     if not val_videos:
@@ -320,16 +322,16 @@ def fit(
         }
         history.append(row)
         stale = 0 if improved else stale + 1
-        log.info(
-            "%s epoch %d: loss %.4f, validation CCC v %.4f a %.4f mean %.4f%s",
-            output.name,
-            epoch + 1,
-            row["train_loss"],
-            scores["ccc_valence"],
-            scores["ccc_arousal"],
-            scores["ccc_mean"],
-            " (best)" if improved else "",
+        message = (
+            f"{output.name} epoch {epoch + 1}/{recipe.epochs}: loss {row['train_loss']:.4f}, "
+            f"validation CCC valence {scores['ccc_valence']:.4f} arousal "
+            f"{scores['ccc_arousal']:.4f} mean {scores['ccc_mean']:.4f}"
+            + (" (best)" if improved else "")
         )
+        if progress is False:
+            log.info(message)
+        else:
+            tqdm.write(message, file=sys.stderr)
         if improved:
             best = dict(scores, epoch=epoch + 1)
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
