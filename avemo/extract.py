@@ -404,11 +404,14 @@ def extract_video(
     device="cpu",
     progress: bool | None = None,
     sibling: Features | None = None,
+    scratch: Path | None = None,
 ) -> Features:
     """Features of every clip of one video (dense: the clip ending at each frame).
 
     ``sibling``: the cached features of the other half of a two-person video (same video file);
-    its audio features are reused instead of computed again.
+    its audio features are reused instead of computed again. ``scratch``: a file that holds the
+    visual features as they come (memory-mapped), so that memory stays flat however long the
+    video and wide the features (25088-d); the caller deletes it after writing.
     """
     import torch
     from tqdm import tqdm
@@ -443,7 +446,7 @@ def extract_video(
         log.warning("%s: no audio stream; the audio features are those of silence", source.video)
     clips = ClipMaker(frames, backbones.description["visual"]["preprocessing"])
     logmel = LogMel().to(device)
-    audio_out, visual_out = [], []
+    audio_out, visual_out = [], None
     bar = tqdm(
         total=n,
         desc=source.name,
@@ -455,7 +458,15 @@ def extract_video(
         for start in range(0, n, batch_size):
             ends = np.arange(start, min(start + batch_size, n))
             indices = np.stack([clip_frames(int(e), present) for e in ends])
-            visual_out.append(backbones.visual(clips.clips(indices).to(device)).float().cpu())
+            visual = backbones.visual(clips.clips(indices).to(device)).float().cpu().numpy()
+            if visual_out is None:
+                shape = (n, visual.shape[1])
+                visual_out = (
+                    np.empty(shape, np.float32)
+                    if scratch is None
+                    else np.lib.format.open_memmap(scratch, "w+", np.float32, shape)
+                )
+            visual_out[start : start + len(ends)] = visual
             if shared is None:
                 waves = torch.from_numpy(clip_waveforms(audio, times, ends, info.fps)).to(device)
                 audio_out.append(backbones.audio(logmel(waves)).float().cpu())
@@ -463,7 +474,7 @@ def extract_video(
     return Features(
         name=source.name,
         audio=torch.cat(audio_out).numpy() if shared is None else shared,
-        visual=torch.cat(visual_out).numpy(),
+        visual=visual_out,
         frame=np.arange(1, n + 1, dtype=np.int64),
         face=window_has_face(present),
         info={
@@ -556,15 +567,22 @@ def extract(
         source = work[job.output_stem]
         if not isinstance(source, Source):
             raise AvemoError(source[1], source[0])
-        features = extract_video(
-            source,
-            backbones,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-            sibling=_sibling(output, source),
-        )
-        write_features(job.output(FEATURE_SUFFIX), features)
+        scratch = job.output(".visual.part.npy")
+        scratch = scratch.with_name("." + scratch.name)  # hidden: not a cache entry
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            features = extract_video(
+                source,
+                backbones,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                sibling=_sibling(output, source),
+                scratch=scratch,
+            )
+            write_features(job.output(FEATURE_SUFFIX), features)
+        finally:
+            scratch.unlink(missing_ok=True)
 
     return run_batch(
         jobs,
