@@ -76,6 +76,78 @@ def sample() -> None:
     typer.echo(str(sample_video()))
 
 
+@app.command()
+def annotate(
+    inputs: Inputs,
+    output: OutputDir,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Registry name or checkpoint path of a whole pipeline; default: the bundled "
+            "expression model (see README, Default model).",
+        ),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            "--stride",
+            help="Compute clips every K frames (K divides 32) and interpolate the others; "
+            "default: 1 for the expression model, 8 for pipelines.",
+        ),
+    ] = None,
+    smooth: Annotated[
+        bool, typer.Option("--smooth/--no-smooth", help="Reference box filter (SPEC 6).")
+    ] = True,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="csv, tsv or abaw (challenge files).")
+    ] = "csv",
+    device: Device = "auto",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")
+    ] = 16,
+    bf16: Annotated[
+        bool, typer.Option("--bf16", help="bfloat16 autocast (faster on recent CPUs and GPUs).")
+    ] = False,
+    detector: Detector = "centerface",
+    detector_model: DetectorModel = None,
+    detect_size: Annotated[
+        int | None,
+        typer.Option("--detect-size", help="Longer side (px) the detector works at."),
+    ] = None,
+    detect_every: Annotated[
+        int, typer.Option("--detect-every", min=1, help="Run the detector every K frames.")
+    ] = 1,
+    max_faces: MaxFaces = 1,
+    overwrite: Overwrite = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Write per-frame valence and arousal for every video: OUT/<rel>/<stem>.csv (+ .json)."""
+    from avemo.annotate import annotate_videos
+
+    result = annotate_videos(
+        inputs,
+        output,
+        model=model,
+        fmt=fmt,
+        overwrite=overwrite,
+        stride=stride,
+        smooth=smooth,
+        device=device,
+        batch_size=batch_size,
+        bf16=bf16,
+        detector=detector,
+        detector_model=detector_model,
+        detect_size=detect_size,
+        detect_every=detect_every,
+        max_faces=max_faces,
+        progress=progress,
+    )
+    typer.echo(result.summary("videos"), err=True)
+    raise typer.Exit(result.exit_code)
+
+
 def main() -> None:
     """Entry point of the ``avemo`` console script."""
     try:
