@@ -112,7 +112,8 @@ def _detector(name: str, model, size, threshold, device: str):
     """The face detector, built once per batch."""
     from avemo.faces import build_detector
 
-    return build_detector(name, model, size=size, threshold=threshold, device=device)
+    sized = {} if size is None else {"size": size}
+    return build_detector(name, model, threshold=threshold, device=device, **sized)
 
 
 def _stride(stride: int | None, kind: str) -> int:

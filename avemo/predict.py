@@ -164,7 +164,8 @@ class FusionPredictor:
         self.seq_len = int(pipeline.seq_len)
         self.block = CLIP_WINDOW * self.seq_len
         prep = pipeline.visual_preprocessing
-        self.size = int(prep["size"])
+        size = prep["size"]
+        self.size = int(size[0] if isinstance(size, list | tuple) else size)
         self.mean = torch.tensor(prep["mean"], dtype=torch.float32).view(1, 3, 1, 1, 1)
         self.std = torch.tensor(prep["std"], dtype=torch.float32).view(1, 3, 1, 1, 1)
         self.logmel = LogMel().to(device)
