@@ -97,9 +97,16 @@ def jca_checkpoint(path: Path) -> Path:
     return path
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory (VmHWM; ru_maxrss would include the parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def run_one(video: str, model: str | None, options: dict, out: str) -> None:
     """Child process: annotate once, write the table and the numbers."""
-    import resource
     import time
 
     from avemo.annotate import annotate, resolve_model
@@ -117,7 +124,7 @@ def run_one(video: str, model: str | None, options: dict, out: str) -> None:
         "frames": len(table),
         "seconds": end - start,
         "fps": len(table) / (end - start),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "stages_s": {k: round(v, 2) for k, v in stages.items()},
     }
     print(json.dumps(result))
