@@ -302,33 +302,41 @@ def _audio_flags(audio) -> dict:
     return flags
 
 
-def output_files(stem: Path, fmt: str, max_faces: int) -> list[Path]:
-    """The files annotate writes for the output stem ``OUT/<rel>/<stem>``."""
-    from avemo.writers import get_writer
+def provenance_path(stem: Path) -> Path:
+    """``OUT/<rel>/<stem>.json``: the provenance record, written last."""
+    return stem.with_name(stem.name + ".json")
 
-    writer = get_writer(fmt)
-    data = (
-        writer.paths(stem, max_faces)
-        if hasattr(writer, "paths")
-        else [stem.with_name(stem.name + writer.extension)]
-    )
-    return [*data, stem.with_name(stem.name + ".json")]
+
+def output_files(stem: Path, fmt: str) -> list[Path]:
+    """The files of a finished annotation of ``stem`` in format ``fmt``: the provenance record
+    and the data files it lists. A run is complete only when all exist (the record is written
+    last) and it was in the same format."""
+    record = provenance_path(stem)
+    try:
+        done = json.loads(record.read_text())
+        names, previous = done["outputs"], done["settings"]["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [record]
+    if previous != fmt:
+        return [record, stem.with_name(f"{stem.name}.{fmt}-not-written-yet")]
+    return [record, *(stem.parent / name for name in names)]
 
 
 def annotate_file(source: Path, stem: Path, *, fmt: str = "csv", **options) -> pd.DataFrame:
-    """Annotate ``source`` and write ``<stem>.<ext>`` and ``<stem>.json`` atomically."""
+    """Annotate ``source`` and write ``<stem>.<ext>`` and then ``<stem>.json``, each atomically."""
     from avemo.batch import atomic_path
     from avemo.writers import get_writer
 
     table = annotate(source, **options)
     writer = get_writer(fmt)
     start = time.perf_counter()
-    writer.write(table, stem.with_name(stem.name + writer.extension))
+    written = writer.write(table, stem.with_name(stem.name + writer.extension))
+    written = written if isinstance(written, list) else [written]
     record = dict(table.attrs["avemo"])
     record["settings"] = {**record["settings"], "format": fmt}
     record["stages_s"] = {**record["stages_s"], "write": round(time.perf_counter() - start, 3)}
-    record["outputs"] = [p.name for p in output_files(stem, fmt, options.get("max_faces", 1))]
-    with atomic_path(stem.with_name(stem.name + ".json")) as tmp:
+    record["outputs"] = [Path(p).name for p in written]
+    with atomic_path(provenance_path(stem)) as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return table
 
@@ -369,7 +377,7 @@ def annotate_videos(
             bar.update()
 
     def outputs(job) -> list[Path]:
-        return output_files(job.output_stem, fmt, options.get("max_faces", 1))
+        return output_files(job.output_stem, fmt)
 
     try:
         return run_batch(jobs, process, outputs=outputs, overwrite=overwrite)

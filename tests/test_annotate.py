@@ -3,6 +3,7 @@ stride, provenance, output files and the batch rules."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 
@@ -14,7 +15,6 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from avemo import annotate as annotate_module
 from avemo import models
 from avemo.annotate import COLUMNS, annotate, annotate_file, resolve_model
 from avemo.backbones import KINETICS_MEAN, KINETICS_STD, visual_preprocessing
@@ -22,6 +22,7 @@ from avemo.cli import app
 from avemo.decode import iter_frames
 from avemo.errors import AvemoError
 
+annotate_module = importlib.import_module("avemo.annotate")
 SEQ_LEN = 2  # clips per sequence of the tiny pipeline: blocks of 64 frames
 
 
