@@ -366,6 +366,8 @@ def annotate_videos(
     spec = resolve_model(model)
     _stride(options.get("stride"), spec.kind)
     jobs = find_jobs(inputs, output)
+    if not jobs:
+        raise AvemoError(f"no video files in {', '.join(map(str, inputs))}")
     bar = tqdm(total=len(jobs), unit="video", disable=not progress or len(jobs) < 2)
 
     def process(job) -> None:

@@ -150,29 +150,38 @@ def annotate(
     ] = 1,
     max_faces: MaxFaces = 1,
     overwrite: Overwrite = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal)."),
+    ] = None,
 ) -> None:
     """Write per-frame valence and arousal for every video: OUT/<rel>/<stem>.csv (+ .json)."""
     from avemo.annotate import annotate_videos
 
-    result = annotate_videos(
-        inputs,
-        output,
-        model=model,
-        fmt=fmt,
-        overwrite=overwrite,
-        stride=stride,
-        smooth=smooth,
-        device=device,
-        batch_size=batch_size,
-        bf16=bf16,
-        detector=detector,
-        detector_model=detector_model,
-        detect_size=detect_size,
-        detect_every=detect_every,
-        max_faces=max_faces,
-        progress=progress,
-    )
+    try:
+        result = annotate_videos(
+            inputs,
+            output,
+            model=model,
+            fmt=fmt,
+            overwrite=overwrite,
+            stride=stride,
+            smooth=smooth,
+            device=device,
+            batch_size=batch_size,
+            bf16=bf16,
+            detector=detector,
+            detector_model=detector_model,
+            detect_size=detect_size,
+            detect_every=detect_every,
+            max_faces=max_faces,
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    except AvemoError as error:  # the model, an option or the inputs as a whole: usage error
+        if os.environ.get("AVEMO_DEBUG"):
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(result.summary("videos"), err=True)
     raise typer.Exit(result.exit_code)
 

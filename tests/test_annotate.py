@@ -214,7 +214,7 @@ def test_untrained_and_partial_models_are_refused(untrained_pipeline, tmp_path, 
     with pytest.raises(AvemoError, match="untrained"):
         resolve_model(untrained_pipeline)
     head = tmp_path / "head.safetensors"
-    models.save(models.build("jca"), head, provenance={"trained": True})
+    models.save(models.build("jca"), head, provenance={"trained": True, "source": "tests"})
     with pytest.raises(AvemoError, match="not a whole model"):
         resolve_model(head)
     result = CliRunner().invoke(
