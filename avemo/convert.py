@@ -616,7 +616,10 @@ def _weight_norm_targets(expected: Mapping[str, torch.Tensor], tensors: dict) ->
             tensors[base + ".parametrizations.weight.original0"] = g
             tensors[base + ".parametrizations.weight.original1"] = v
         else:
-            tensors[base + ".weight"] = torch._weight_norm(v, g, 0)
+            dims = tuple(range(1, v.dim()))
+            tensors[base + ".weight"] = v * (
+                g / torch.linalg.vector_norm(v, dim=dims, keepdim=True)
+            )
 
 
 def fill(module: torch.nn.Module, part: Part, tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -637,7 +640,7 @@ def fill(module: torch.nn.Module, part: Part, tensors: dict[str, torch.Tensor]) 
     missing = [k for k in expected if k not in tensors]
     counters = [k for k in missing if k.endswith("num_batches_tracked")]
     for key in counters:
-        tensors[key] = torch.zeros_like(expected[key])
+        tensors[key] = torch.zeros(expected[key].shape, dtype=expected[key].dtype)
     kept = [k for k in missing if any(re.fullmatch(p, k) for p, _ in part.untrained)]
     for key in kept:
         tensors[key] = expected[key]
@@ -662,9 +665,38 @@ def fill(module: torch.nn.Module, part: Part, tensors: dict[str, torch.Tensor]) 
         problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched, describe)}")
     if problems:
         raise ValueError("; ".join(problems))
-    state = {k: tensors[k].to(dtype=expected[k].dtype) for k in expected}
-    module.load_state_dict(state, strict=True)
+    state, seen = {}, set()
+    for key in expected:
+        value = tensors[key].to(dtype=expected[key].dtype).contiguous()
+        if value.data_ptr() in seen:  # two avemo tensors must not share memory
+            value = value.clone()
+        seen.add(value.data_ptr())
+        state[key] = value
+    # a module built on the meta device takes the tensors themselves
+    assign = any(value.is_meta for value in expected.values())
+    module.load_state_dict(state, strict=True, assign=assign)
     return notes
+
+
+def _on_meta(module: torch.nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def build_filled(part: Part, tensors: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, list]:
+    """``part``'s module holding ``tensors``, and the notes of :func:`fill`.
+
+    Every weight is overwritten, so the module is built on the meta device (no initialisation,
+    no memory) unless the part keeps some initialised tensors (``Part.untrained``), or the module
+    holds tensors that a state dict does not carry.
+    """
+    if not part.untrained:
+        with torch.device("meta"):
+            module = models.build(part.builder, **part.kwargs)
+        notes = fill(module, part, tensors)
+        if not _on_meta(module):
+            return module, notes
+    module = models.build(part.builder, **part.kwargs)
+    return module, fill(module, part, tensors)
 
 
 # --- provenance and output names ---------------------------------------------------------------
@@ -772,8 +804,7 @@ def convert(
         if not tensors:
             raise AvemoError(f"no {part.role} weights found for {part.builder}", source.path)
         try:
-            module = models.build(part.builder, **part.kwargs)
-            notes = fill(module, part, tensors)
+            module, notes = build_filled(part, tensors)
         except ValueError as error:
             raise AvemoError(
                 f"does not fit {part.role} {part.builder} ({layout.description}): {error}",
