@@ -10,6 +10,8 @@ mean = std = 0.5, which is the reference's ``x / 255 * 2 - 1``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torchvision
 from torch import nn
@@ -29,7 +31,7 @@ CLIP_SIZE = 112  # pixels, face crops of the R(2+1)D / R3D / ResNet18-GRU paths
 I3D_CLIP_SIZE = 224  # pixels, face crops of the I3D path
 FEATURE_DIM = 512  # features per clip of every backbone except flat mode and bare I3D
 FLAT_GRID = (1, 7, 7)  # layer4 output (time, height, width) at 8 x 112 x 112
-FLAT_DIM = FEATURE_DIM * FLAT_GRID[0] * FLAT_GRID[1]  # 25088, journal JCA
+FLAT_DIM = FEATURE_DIM * math.prod(FLAT_GRID)  # 25088, journal JCA
 FEATURE_MODES = ("pool", "flat")
 # audio input: mel bands x spectrogram frames (SPEC 3); avemo.spectrogram makes it
 AUDIO_INPUT = (1, 64, 107)

@@ -208,9 +208,12 @@ def _check_file(path: Path) -> None:
         raise AvemoError("no such checkpoint file", path)
     if path.is_dir():
         raise AvemoError("is a folder, not a checkpoint file", path)
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        start = handle.read(9)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            start = handle.read(9)
+    except OSError as error:
+        raise AvemoError(f"cannot read the checkpoint ({error.strerror or error})", path) from None
     if size < 9:
         raise AvemoError(f"not a safetensors file ({size} bytes; truncated?)", path)
     (length,) = struct.unpack("<Q", start[:8])
@@ -266,7 +269,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         raise AvemoError(f"unknown builder {name!r} (made by a newer avemo?)", path) from None
     try:
         module = build(name, **header["kwargs"])
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, KeyError) as error:
         raise AvemoError(f"cannot rebuild {name!r} from the header ({error})", path) from None
     try:
         tensors = load_file(str(path), device="cpu")
@@ -373,6 +376,8 @@ def pipeline(visual: dict, audio: dict, head: dict, seq_len: int) -> Pipeline:
         ("audio", audio, "audio_backbone"),
         ("head", head, "head"),
     ):
+        if not isinstance(spec, dict) or not isinstance(spec.get("builder"), str):
+            raise ValueError(f"{role} must be a dict {{'builder': name, 'kwargs': {{...}}}}")
         name = spec["builder"]
         kind = builder(name).component if name in builders() else None
         if kind != component:

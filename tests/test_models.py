@@ -253,3 +253,39 @@ def test_pipeline_rejects_wrong_component():
     spec = {"builder": "test_head", "kwargs": {}}
     with pytest.raises(ValueError, match="visual must be a visual_backbone"):
         models.build("pipeline", visual=spec, audio=spec, head=spec, seq_len=2)
+    with pytest.raises(ValueError, match="visual must be a dict"):
+        models.build("pipeline", visual="r3d_18", audio=spec, head=spec, seq_len=2)
+
+
+def test_header_that_cannot_be_built(tmp_path):
+    path = tmp_path / "bad_kwargs.safetensors"
+    header = {"format": 1, "builder": "test_tied", "component": "head", "kwargs": {"width": 3}}
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"avemo": json.dumps(header)})
+    expect_error(path, "cannot rebuild 'test_tied'")
+
+
+def test_folder_instead_of_file(tmp_path):
+    expect_error(tmp_path, "folder")
+
+
+def test_pipeline_with_seed_modules(tmp_path):
+    """R(2+1)D + audio ResNet18 + JCA: the preprocessing comes from the backbones' builders."""
+    from avemo.backbones import AUDIO_INPUT, KINETICS_MEAN
+
+    pipe = models.build(
+        "pipeline",
+        visual={"builder": "r2plus1d_18", "kwargs": {"features": "pool"}},
+        audio={"builder": "audio_resnet18", "kwargs": {}},
+        head={"builder": "jca", "kwargs": {"seq_len": 2}},
+        seq_len=2,
+    ).eval()
+    assert pipe.visual_preprocessing["mean"] == list(KINETICS_MEAN)
+    assert pipe.visual_preprocessing["frames"] == 8
+    assert pipe.audio_preprocessing["input_shape"] == list(AUDIO_INPUT)
+    clips, specs = torch.randn(1, 2, 3, 8, 16, 16), torch.randn(1, 2, *AUDIO_INPUT)
+    with torch.inference_mode():
+        out = pipe(clips, specs)
+    assert out.shape == (1, 2, 2)
+    header = models.header_of(pipe, {"trained": False})
+    assert header["kwargs"]["visual"] == {"builder": "r2plus1d_18", "kwargs": {"features": "pool"}}
+    assert header["preprocessing"]["seq_len"] == 2
