@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -324,3 +324,93 @@ def _role(path: Path) -> str:
 
     component = models.read_header(path)["component"]
     return {"visual_backbone": "visual", "audio_backbone": "audio"}.get(component, component)
+
+
+# --- avemo evaluate: scores against ground truth (avemo.evaluate) ------------------------------
+
+
+@app.command()
+def evaluate(
+    predictions: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            help="Prediction file or folder: avemo CSVs, challenge files, frame/valence/arousal "
+            "CSVs.",
+        ),
+    ],
+    labels: Annotated[
+        Path,
+        typer.Argument(exists=True, help="Label file or folder (Aff-Wild2 <video>.txt, ...)."),
+    ],
+    pooling: Annotated[
+        Literal["concat", "video"],
+        typer.Option(help="concat: all frames as one series (the challenge's); video: mean, std."),
+    ] = "concat",
+    missing: Annotated[
+        Literal["drop", "zero", "ffill"],
+        typer.Option(help="Labelled frames without prediction: drop, score as 0, or ffill."),
+    ] = "drop",
+    smooth: Annotated[
+        bool,
+        typer.Option("--smooth", help="Box-filter predictions first (valence 20, arousal 50)."),
+    ] = False,
+    face_id: Annotated[
+        int | None, typer.Option("--face-id", help="Face of avemo CSVs with several faces.")
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            "--columns",
+            metavar="V,A",
+            help="Value columns of prediction CSVs (default valence,arousal).",
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Resamples of videos for 95% intervals.")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the summary numbers as JSON.")
+    ] = None,
+    per_video: Annotated[
+        Path | None, typer.Option("--per-video", help="Write per-video numbers as CSV.")
+    ] = None,
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="Write traces per video and a VA scatter (PNG).")
+    ] = None,
+) -> None:
+    """Score predictions against labels: CCC, PCC, RMSE, SAGR (ABAW conventions)."""
+    from avemo.batch import atomic_path
+    from avemo.evaluate import evaluate as run
+
+    names = None
+    if columns is not None:
+        names = tuple(name.strip() for name in columns.split(","))
+        if len(names) != 2 or not all(names):
+            raise typer.BadParameter(
+                "give two column names: VALENCE,AROUSAL", param_hint="--columns"
+            )
+    try:
+        result = run(
+            predictions,
+            labels,
+            pooling=pooling,
+            missing=missing,
+            smooth=smooth,
+            face_id=face_id,
+            columns=names,
+            bootstrap=bootstrap,
+            seed=seed,
+            per_video=per_video,
+            plots=plots,
+        )
+        if json_path is not None:
+            with atomic_path(json_path) as tmp:
+                tmp.write_text(result.to_json() + "\n")
+    except AvemoError as error:
+        if os.environ.get("AVEMO_DEBUG"):
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.table())
