@@ -500,6 +500,15 @@ def _layout_jmt(state, options) -> Layout:
     )
 
 
+# the options each format takes (``import_weights(..., **options)``)
+OPTIONS = {
+    "torchvision": {"features", "arch"},
+    "tsav": {"features"},
+    "pytorch-i3d": set(),
+    "jca-cvpr": {"regressor"},
+    "jca-journal": {"regressor"},
+    "jmt": {"heads"},
+}
 LAYOUTS: dict[str, Callable[[Mapping[str, torch.Tensor], dict], Layout]] = {
     "torchvision": _layout_torchvision,
     "tsav": _layout_tsav,
@@ -781,6 +790,9 @@ def convert(
     """Turn a read source into filled avemo modules (nothing written)."""
     if fmt not in LAYOUTS:
         raise AvemoError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    unused = sorted(set(options) - OPTIONS[fmt])
+    if unused:
+        raise AvemoError(f"option {', '.join(unused)} does not apply to format {fmt}")
     state = source.state
     looks_like = detect_format(state)
     if looks_like not in {fmt, None}:
@@ -821,15 +833,19 @@ def load_source(
     *,
     name: str | None = None,
     member: str | None = None,
+    for_pipeline: bool = False,
     **options,
 ) -> tuple[list[Imported], str]:
     """Resolve, read and convert one source; its parts and a stem for output names.
 
-    An avemo checkpoint (``.safetensors`` with an avemo header) is taken as it is: one part
-    whose role is its component.
+    ``for_pipeline``: an avemo checkpoint (``.safetensors``) is taken as it is, one part whose
+    role is its component; options the format does not take are dropped (a pipeline's options
+    are meant for some of its sources).
     """
     path, entry = resolve_source(src, name)
     if path.name.endswith(SUFFIX):
+        if not for_pipeline:
+            raise AvemoError("already an avemo checkpoint: nothing to import", path)
         module = models.load(path)
         component = module.avemo_header["component"]
         role = next((r for r, c in ROLE_COMPONENTS.items() if c == component), None)
@@ -845,6 +861,8 @@ def load_source(
             f"cannot tell the format of this file: give --format ({', '.join(FORMATS)})", path
         )
     stem = entry.name if entry else path.name.split(".")[0]
+    if for_pipeline:
+        options = {k: v for k, v in options.items() if k in OPTIONS.get(fmt, ())}
     return convert(source, fmt, entry=entry, **options), stem
 
 
@@ -950,7 +968,7 @@ def import_pipeline(
     candidates: dict[str, list[tuple[int, Imported, str]]] = {}
     stems = {}
     for src in sources:
-        parts, stem = load_source(src, fmt, **options)
+        parts, stem = load_source(src, fmt, for_pipeline=True, **options)
         for part in parts:
             candidates.setdefault(part.role, []).append((len(parts), part, os.fspath(src)))
             stems[part.role] = stem

@@ -435,6 +435,11 @@ def test_wrong_format_is_named(tmp_path, tbiom_state):
         convert.import_weights(path, "jmt", tmp_path / "out.safetensors")
     with pytest.raises(AvemoError, match="unknown format 'onnx'"):
         convert.import_weights(path, "onnx", tmp_path / "out.safetensors")
+    with pytest.raises(AvemoError, match="option heads does not apply to format jca-journal"):
+        convert.import_weights(path, "jca-journal", tmp_path / "out.safetensors", heads=2)
+    (out,) = convert.import_weights(path, "jca-journal", tmp_path / "out.safetensors")
+    with pytest.raises(AvemoError, match="already an avemo checkpoint: nothing to import"):
+        convert.import_weights(out, None, tmp_path / "again.safetensors")
     torch.save({"conv.weight": torch.ones(1)}, path)
     with pytest.raises(AvemoError, match="cannot tell the format of this file: give --format"):
         convert.import_weights(path, None, tmp_path / "out.safetensors")
@@ -480,10 +485,13 @@ def test_registry_name_and_licence(tmp_path, cache, tbiom_state, monkeypatch):
 
 def test_pipeline_of_tsav_and_journal_jca(tmp_path, tbiom_state):
     tsav, video, audio = tsav_reference(tmp_path)
-    head = tmp_path / "jointcam_model.pt"
-    torch.save(tbiom_state, head)
-    out = convert.import_pipeline([tsav, head], tmp_path / "journal.safetensors")
+    reference = tmp_path / "jointcam_model.pt"
+    torch.save(tbiom_state, reference)
+    (head,) = convert.import_weights(reference, None, tmp_path / "head.safetensors")
+    # an avemo checkpoint as one part; options go to the sources that take them
+    out = convert.import_pipeline([tsav, head], tmp_path / "journal.safetensors", features="pool")
     config = header(out)
+    assert config["provenance"]["notes"] == ["visual features set to 'flat' for the jca_tbiom head"]
     assert config["builder"] == "pipeline"
     assert config["kwargs"]["visual"] == {"builder": "r2plus1d_18", "kwargs": {"features": "flat"}}
     assert config["kwargs"]["seq_len"] == 16
