@@ -489,7 +489,10 @@ def test_pipeline_of_tsav_and_journal_jca(tmp_path, tbiom_state):
     torch.save(tbiom_state, reference)
     (head,) = convert.import_weights(reference, None, tmp_path / "head.safetensors")
     # an avemo checkpoint as one part; options go to the sources that take them
-    out = convert.import_pipeline([tsav, head], tmp_path / "journal.safetensors", features="pool")
+    out = tmp_path / "journal.safetensors"
+    result = invoke(str(tsav), str(head), "--pipeline", "--features", "pool", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.output == f"pipeline: {out}\n"
     config = header(out)
     assert config["provenance"]["notes"] == ["visual features set to 'flat' for the jca_tbiom head"]
     assert config["builder"] == "pipeline"
