@@ -287,6 +287,8 @@ def weights_import(
 
     try:
         manifest = hub.load_manifest()
+        if name is not None:
+            hub.get(name, manifest)
         for src in sources:  # an unknown name is a usage error (status 2), before any work
             path = Path(src).expanduser()
             if not path.exists() and "/" not in src and not path.suffix:

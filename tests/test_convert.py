@@ -538,5 +538,7 @@ def test_cli_import(tmp_path, tbiom_state):
     assert result.exit_code == 2 and "unknown format 'onnx'" in result.output
     result = invoke("jca-jurnal", "-o", str(tmp_path / "x.safetensors"))
     assert result.exit_code == 2 and "did you mean jca-journal" in result.output
+    result = invoke(str(path), "--name", "jca-jurnal", "-o", str(tmp_path / "x.safetensors"))
+    assert result.exit_code == 2 and "did you mean jca-journal" in result.output
     result = invoke(str(path), str(path), "-o", str(tmp_path / "x.safetensors"))
     assert result.exit_code == 2 and "--pipeline" in result.output
