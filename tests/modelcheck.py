@@ -30,7 +30,10 @@ def assert_gradients(module: nn.Module, *inputs: torch.Tensor) -> None:
 
 
 def assert_round_trip(module: nn.Module, inputs: tuple, tmp_path) -> nn.Module:
-    """save -> load gives a module in eval mode with bit-identical outputs; returns it."""
+    """save -> load gives a module in eval mode with bit-identical outputs; returns it.
+
+    The loaded module's output is kept as ``loaded.test_output`` for further checks.
+    """
     module.eval()
     path = tmp_path / f"{module.avemo_config['builder']}.safetensors"
     models.save(module, path, provenance={"trained": False, "source": "test"})
@@ -38,7 +41,8 @@ def assert_round_trip(module: nn.Module, inputs: tuple, tmp_path) -> nn.Module:
     assert not loaded.training
     assert type(loaded) is type(module)
     with torch.inference_mode():
-        assert torch.equal(loaded(*inputs), module(*inputs))
+        loaded.test_output = loaded(*inputs)
+        assert torch.equal(loaded.test_output, module(*inputs))
     return loaded
 
 

@@ -77,9 +77,11 @@ def test_parameter_count_and_reference_names(mode, expected):
     model.load_state_dict(jmt.reference_state_dict(checkpoint), strict=True)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_small_shapes_gradients_round_trip(mode, tmp_path):
-    model = models.build("jmt", mode=mode, **SMALL)
+@pytest.mark.parametrize(
+    ("mode", "attention"), [("fc", "softmax"), ("self_attention", "softmax"), ("fc", "sigmoid")]
+)
+def test_small_shapes_gradients_round_trip(mode, attention, tmp_path):
+    model = models.build("jmt", mode=mode, attention=attention, **SMALL)
     audio, visual = small_inputs()
     assert assert_deterministic(model, audio, visual).shape == (3, 4, 2)
     assert_gradients(model, audio, visual)
@@ -112,3 +114,25 @@ def test_default_shapes():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
         models.build("jmt", mode="sigmoid")
+
+
+def test_sigmoid_attention():
+    """Each query-key pair weighted by sigmoid(q.k / sqrt(d_head)), per head, then out_proj."""
+    attention = jmt.Attention(8, 2, "sigmoid").eval()
+    softmax = jmt.Attention(8, 2, "softmax").eval()
+    softmax.load_state_dict(attention.state_dict())
+    query, other = torch.randn(3, 4, 8), torch.randn(3, 5, 8)
+    wq, wk, wv = attention.in_proj_weight.chunk(3)
+    bq, bk, bv = attention.in_proj_bias.chunk(3)
+    with torch.inference_mode():
+        q, k, v = query @ wq.T + bq, other @ wk.T + bk, other @ wv.T + bv
+        sig, soft = [], []
+        for part in (slice(0, 4), slice(4, 8)):  # two heads of 4
+            scores = q[..., part] @ k[..., part].transpose(1, 2) / 2.0  # sqrt(4)
+            sig.append(torch.sigmoid(scores) @ v[..., part])
+            soft.append(torch.softmax(scores, -1) @ v[..., part])
+        sig, soft = attention.out_proj(torch.cat(sig, -1)), attention.out_proj(torch.cat(soft, -1))
+        assert torch.allclose(attention(query, other, other)[0], sig, atol=1e-6)
+        assert torch.allclose(softmax(query, other, other)[0], soft, atol=1e-6)
+    with pytest.raises(ValueError, match="attention"):
+        models.build("jmt", attention="relu")
