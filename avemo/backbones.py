@@ -18,6 +18,7 @@ from torch import nn
 
 from avemo.clips import CLIP_FRAMES
 from avemo.models import register
+from avemo.spectrogram import N_FRAMES, N_MELS
 
 # per-channel RGB normalisation of pixels scaled to [0, 1]
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # R(2+1)D / R3D, Kinetics-400 (SPEC 2)
@@ -33,8 +34,8 @@ FEATURE_DIM = 512  # features per clip of every backbone except flat mode and ba
 FLAT_GRID = (1, 7, 7)  # layer4 output (time, height, width) at 8 x 112 x 112
 FLAT_DIM = FEATURE_DIM * math.prod(FLAT_GRID)  # 25088, journal JCA
 FEATURE_MODES = ("pool", "flat")
-# audio input: mel bands x spectrogram frames (SPEC 3); avemo.spectrogram makes it
-AUDIO_INPUT = (1, 64, 107)
+# audio input: one channel of mel bands x spectrogram frames, made by avemo.spectrogram (SPEC 3)
+AUDIO_INPUT = (1, N_MELS, N_FRAMES)
 RGB_CHANNELS = 3
 
 

@@ -15,6 +15,7 @@ import typer
 
 from avemo import __version__
 from avemo.errors import AvemoError
+from avemo.faces import CROP_SIZES, WORKING_SIZE
 
 app = typer.Typer(
     name="avemo",
@@ -64,6 +65,34 @@ MaxFaces = Annotated[
     int,
     typer.Option(
         "--max-faces", min=1, help="Keep the N dominant face tracks (by size and duration)."
+    ),
+]
+
+DetectSize = Annotated[
+    int,
+    typer.Option("--detect-size", min=32, help="Longer side (px) of the image the detector sees."),
+]
+Threshold = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Minimum detection score (default: the detector's own).",
+    ),
+]
+DetectEvery = Annotated[
+    int,
+    typer.Option(
+        "--detect-every",
+        min=1,
+        help="Detect on every K-th frame only, interpolating the faces in between.",
+    ),
+]
+Progress = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress", help="Progress bars (default: when stderr is a terminal)."
     ),
 ]
 
@@ -416,3 +445,80 @@ def evaluate(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo(result.table())
+
+
+# --- avemo faces: detect, track and align faces (avemo.faces, avemo.tracking, avemo.facetrack) ---
+
+
+def _crop_size(value: int) -> int:
+    if value not in CROP_SIZES:
+        raise typer.BadParameter(f"must be one of {', '.join(map(str, CROP_SIZES))}")
+    return value
+
+
+def crops_folder(job, face_id: int) -> Path:
+    """Where a job's aligned crops go: ``OUT/<rel>/<stem>/`` (``<stem>_face<id>/`` after the
+    dominant face)."""
+    name = job.output_stem.name + (f"_face{face_id}" if face_id else "")
+    return job.output_stem.with_name(name)
+
+
+@app.command()
+def faces(
+    inputs: Inputs,
+    output: OutputDir,
+    detector: Detector = "centerface",
+    detector_model: DetectorModel = None,
+    detect_size: DetectSize = WORKING_SIZE,
+    threshold: Threshold = None,
+    detect_every: DetectEvery = 1,
+    max_faces: MaxFaces = 1,
+    save_crops: Annotated[
+        bool,
+        typer.Option(
+            "--save-crops", help="Also write aligned face crops as OUT/<rel>/<stem>/%05d.jpg."
+        ),
+    ] = False,
+    crop_size: Annotated[
+        int, typer.Option("--crop-size", callback=_crop_size, help="Crop side, px: 112 or 224.")
+    ] = 112,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    progress: Progress = None,
+) -> None:
+    """Detect and track faces: OUT/<rel>/<stem>.faces.csv per video, one row per frame and face."""
+    from avemo.batch import find_jobs, run_batch
+    from avemo.faces import build_detector
+    from avemo.facetrack import detect_tracks, faces_table
+    from avemo.facetrack import save_crops as write_crops
+    from avemo.writers import get_writer
+
+    try:
+        face_detector = build_detector(
+            detector, detector_model, size=detect_size, threshold=threshold, device=device
+        )
+    except AvemoError as error:  # a bad option value: usage error
+        if os.environ.get("AVEMO_DEBUG"):
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    jobs = find_jobs(inputs, output)
+    if not jobs:
+        typer.echo(f"error: no video files in {', '.join(map(str, inputs))}", err=True)
+        raise typer.Exit(2)
+    show = sys.stderr.isatty() if progress is None else progress
+    writer = get_writer("csv")
+
+    def outputs(job) -> list[Path]:
+        return [job.output(".faces.csv")] + ([crops_folder(job, 0)] if save_crops else [])
+
+    def process(job) -> None:
+        scan = detect_tracks(job.source, face_detector, detect_every=detect_every, progress=show)
+        if save_crops:
+            for track in scan.tracks(max_faces):
+                write_crops(job.source, track, crops_folder(job, track.face_id), crop_size)
+        writer.write(faces_table(scan, max_faces), job.output(".faces.csv"))
+
+    result = run_batch(jobs, process, outputs=outputs, overwrite=overwrite)
+    typer.echo(result.summary("videos"), err=True)
+    raise typer.Exit(result.exit_code)

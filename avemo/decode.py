@@ -1,0 +1,486 @@
+"""Streaming decoding with PyAV: RGB frames on the stream clock and mono audio on the same clock.
+
+Every time here is a *clock time* in seconds: a presentation timestamp times its stream's time
+base, exactly as the container stores it (not shifted to start at 0), so that video frames and
+audio samples of one file line up, variable frame rates are right, and a stream that starts late
+(an audio track beginning 0.5 s after the video) lands where it belongs.
+
+Video is decoded one frame at a time (memory does not grow with the video's length) with FFmpeg's
+frame/slice threading, converted to RGB and turned upright by the display matrix. Audio is the
+first audio stream, mixed to mono as the **mean of its channels**, resampled with
+``av.AudioResampler`` and placed sample by sample at its timestamps: silence fills the time before
+it starts, gaps inside it and everything when there is no audio stream, and flags say so.
+
+FFmpeg's own mono downmix is neither a mean nor a sum (stereo becomes ``(L + R) / sqrt(2)``, and
+5.1 weighs its channels by centre/surround mix levels), so the resampler here keeps the source
+layout (``format="fltp"``, only the rate changes) and the channels are averaged afterwards; the
+two steps commute because resampling is linear.
+
+Packets that fail to decode are skipped and counted; one ``logging`` warning per decoding pass
+(video or audio) reports them, and a video that ends well before its declared duration (a cut
+file) is reported the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from avemo.errors import AvemoError
+
+SAMPLE_RATE = 44_100  # Hz, audio rate of the seeds' spectrograms
+AUDIO_JITTER = 0.002  # s; audio timestamps this close to the running sample count are contiguous
+TRUNCATION_TOLERANCE = 0.5  # s; video ending this much before its declared end is reported as cut
+READER_MARGIN = 1.0  # s of audio AudioReader keeps before the start of the latest window
+
+log = logging.getLogger(__name__)
+
+_Path = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe` reads from a video file's headers (and its first frame).
+
+    ``width`` and ``height`` are the display size in pixels, after ``rotation`` (counter-clockwise
+    degrees, 0/90/180/270, from the display matrix) has been applied; pixel aspect ratio is not
+    corrected. ``fps`` is the stream's average frame rate, else frames / duration. ``num_frames``
+    is the container's frame count when it stores one, else ``duration * fps``: an estimate that
+    may be off by a few frames (or more for variable frame rates); count frames from
+    :func:`iter_frames` when it must be exact. ``duration`` (s) is the stream's, else the
+    container's. ``start`` is the clock time (s) of the first frame. ``audio_rate`` is the native
+    rate of the first audio stream (``None`` without audio). ``codec`` is FFmpeg's decoder name.
+    """
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration: float
+    rotation: int
+    start: float
+    has_audio: bool
+    audio_rate: int | None
+    codec: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded video frame.
+
+    ``index`` counts frames in decoding (presentation) order from 0, after dropping frames that
+    could not be decoded; ``time`` is its presentation timestamp in seconds on the stream clock
+    (PTS * time base, not shifted); ``image`` is ``H x W x 3`` uint8 RGB, upright, C-contiguous.
+    """
+
+    index: int
+    time: float
+    image: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Audio:
+    """A whole audio track, mono float32, on the video's clock.
+
+    ``samples[0]`` is at clock time ``start`` (s) and sample ``i`` at ``start + i / sample_rate``.
+    ``missing`` is True when the file has no audio stream (``samples`` is then empty). ``gaps`` is
+    the number of seconds of silence inserted where the track's timestamps jump forward; silence
+    before ``start`` (a late audio stream) is not counted there. Every :meth:`window` outside the
+    data is zeros.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    start: float = 0.0
+    missing: bool = False
+    gaps: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        """Seconds of samples (including inserted gaps)."""
+        return len(self.samples) / self.sample_rate
+
+    def window(self, t0: float, t1: float) -> np.ndarray:
+        """The ``round((t1 - t0) * sample_rate)`` samples from clock time ``t0``, zero-filled."""
+        return _window(self.samples, round(self.start * self.sample_rate), t0, t1, self.sample_rate)
+
+
+def _window(buffer: np.ndarray, base: int, t0: float, t1: float, rate: int) -> np.ndarray:
+    """Samples ``[t0, t1)`` from ``buffer`` whose first sample sits at absolute index ``base``."""
+    first, count = round(t0 * rate), max(0, round((t1 - t0) * rate))
+    out = np.zeros(count, dtype=np.float32)
+    lo, hi = max(first, base), min(first + count, base + len(buffer))
+    if hi > lo:
+        out[lo - first : hi - first] = buffer[lo - base : hi - base]
+    return out
+
+
+class _Damage:
+    """What could not be read in one decoding pass over a file, reported in one warning."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = path, what
+        self.skipped = 0  # corrupt or undecodable packets and frames
+        self.read_error: str | None = None
+        self.short: tuple[float, float] | None = None  # (decoded end, declared end) in s
+
+    def report(self) -> None:
+        parts = []
+        if self.skipped:
+            parts.append(f"skipped {self.skipped} corrupt packet(s)")
+        if self.read_error:
+            parts.append(f"reading stopped early ({self.read_error})")
+        if self.short:
+            parts.append(f"ends at {self.short[0]:.2f} s of {self.short[1]:.2f} s (file cut?)")
+        if parts:
+            log.warning("%s: %s: %s", self.path, self.what, "; ".join(parts))
+        self.skipped, self.read_error, self.short = 0, None, None
+
+
+def _open(path: _Path) -> av.container.InputContainer:
+    """Open a media file, turning every way it can be unreadable into one AvemoError."""
+    path = Path(path)
+    if not path.exists():
+        raise AvemoError("no such file", path)
+    if path.is_dir():
+        raise AvemoError("is a directory, not a video file", path)
+    if path.stat().st_size == 0:
+        raise AvemoError("empty file (0 bytes)", path)
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise AvemoError(f"not a readable media file ({reason})", path) from None
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.VideoStream:
+    """The first real video stream (cover art attached to audio files does not count)."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise AvemoError("no video stream", path)
+
+
+def _decoded(container, stream, damage: _Damage) -> Iterator[av.frame.Frame]:
+    """Frames of one stream, skipping (and counting) packets and frames that fail to decode."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except (av.FFmpegError, OSError) as error:
+            damage.read_error = getattr(error, "strerror", None) or str(error)
+            packet = None  # flush what the decoder holds
+        if packet is not None and packet.is_corrupt:
+            damage.skipped += 1
+            continue
+        try:
+            frames = stream.decode(packet)
+        except av.FFmpegError:
+            damage.skipped += 1
+            continue
+        for frame in frames:
+            if frame.is_corrupt:
+                damage.skipped += 1
+            else:
+                yield frame
+        if packet is None:
+            return
+
+
+def _seconds(value, time_base) -> float | None:
+    return None if value is None or time_base is None else float(value * time_base)
+
+
+def _declared_duration(container, stream, *, own: bool = False) -> float | None:
+    """Duration in s from the stream, Matroska's per-track DURATION tag, or the container.
+
+    With ``own``, the container's duration (the longest of its streams) is used only when the
+    stream is the only audio/video stream, so that a longer audio track is not taken for it.
+    """
+    duration = _seconds(stream.duration, stream.time_base)
+    if duration is None and "DURATION" in stream.metadata:
+        try:
+            h, m, s = stream.metadata["DURATION"].split(":")
+            duration = int(h) * 3600 + int(m) * 60 + float(s)
+        except ValueError:
+            duration = None
+    alone = len(container.streams.video) + len(container.streams.audio) == 1
+    if duration is None and container.duration and (alone or not own):
+        duration = container.duration / av.time_base
+    return duration
+
+
+def _rotation(degrees: float) -> int:
+    """Counter-clockwise display rotation snapped to 0, 90, 180 or 270."""
+    return int(round(degrees / 90.0)) % 4 * 90
+
+
+def probe(path: _Path) -> VideoInfo:
+    """Read a video's properties from its headers and first decoded frame (for its rotation and
+    start time, which FFmpeg exposes only on frames); cheap, independent of the video's length.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        first = next(_decoded(container, stream, _Damage(path, "video")), None)
+        duration = _declared_duration(container, stream) or 0.0
+        frames = stream.frames or 0
+        if stream.average_rate:
+            fps = float(stream.average_rate)
+        elif frames and duration:
+            fps = frames / duration
+        elif stream.guessed_rate:
+            fps = float(stream.guessed_rate)
+        else:
+            raise AvemoError("cannot tell the video's frame rate", path)
+        # the display matrix reaches Python only on frames; older FFmpeg versions exported it
+        # as a `rotate` tag instead (clockwise degrees)
+        tag = stream.metadata.get("rotate", "0")
+        try:
+            degrees = (first.rotation if first is not None else 0) or -float(tag)
+        except ValueError:
+            degrees = 0
+        rotation = _rotation(degrees)
+        width = stream.codec_context.width or (first.width if first else 0)
+        height = stream.codec_context.height or (first.height if first else 0)
+        if rotation % 180:
+            width, height = height, width
+        if first is not None and first.pts is not None:
+            start = float(first.time)
+        else:
+            start = _seconds(stream.start_time, stream.time_base) or 0.0
+        audio = container.streams.audio[0] if container.streams.audio else None
+        return VideoInfo(
+            path=path,
+            width=width,
+            height=height,
+            fps=fps,
+            num_frames=frames or round(duration * fps),
+            duration=duration,
+            rotation=rotation,
+            start=start,
+            has_audio=audio is not None,
+            audio_rate=audio.sample_rate if audio is not None else None,
+            codec=stream.codec_context.name,
+        )
+
+
+def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame]:
+    """Decode a video frame by frame (threaded), RGB and upright, in presentation order.
+
+    Frames without a timestamp get the previous frame's time plus ``1 / fps``. Undecodable packets
+    are skipped and reported in one warning at the end, as is a video that stops well before its
+    declared duration (a truncated file yields the frames that decode); a file where not one frame
+    decodes raises :class:`AvemoError`. Pass ``info`` from :func:`probe` to skip probing again.
+    """
+    path = Path(path)
+    info = info or probe(path)
+    turns = info.rotation // 90 % 4
+    period = 1.0 / info.fps
+    damage = _Damage(path, "video")
+    index, time = 0, None
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        try:
+            for frame in _decoded(container, stream, damage):
+                if frame.pts is not None:
+                    time = float(frame.pts * frame.time_base)
+                else:
+                    time = info.start if time is None else time + period
+                image = frame.to_ndarray(format="rgb24")
+                if turns:
+                    image = np.ascontiguousarray(np.rot90(image, turns))
+                yield Frame(index=index, time=time, image=image)
+                index += 1
+            if index == 0:
+                raise AvemoError("no video frame could be decoded", path)
+            end = _declared_duration(container, stream, own=True)
+            if end is not None:
+                end += _seconds(stream.start_time, stream.time_base) or 0.0
+                if time + period < end - TRUNCATION_TOLERANCE:
+                    damage.short = (time + period, end)
+        finally:
+            damage.report()
+
+
+class _MonoChunks:
+    """The first audio stream as ``(position, samples)`` chunks: mono float32 at ``rate``.
+
+    ``position`` is the absolute sample index on the clock (``round(time * rate)``). Chunks come
+    in clock order and never overlap (overlapping data is trimmed); where the timestamps jump
+    forward by more than AUDIO_JITTER a gap is left, and ``gaps`` counts its seconds. Runs of
+    contiguous frames go through one resampler, so their samples follow each other exactly.
+    """
+
+    def __init__(self, path: Path, rate: int):
+        self.path, self.rate = path, int(rate)
+        self.gaps = 0.0
+        self.damage = _Damage(path, "audio")
+        self.container = _open(path)
+        audios = self.container.streams.audio
+        self.stream = audios[0] if audios else None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self.stream is None:
+            return
+        end = None  # absolute index after the last chunk given out
+        for position, samples in self._segments():
+            if end is not None and position < end:
+                samples, position = samples[end - position :], end
+            if not len(samples):
+                continue
+            if end is not None and position > end:
+                self.gaps += (position - end) / self.rate
+            yield position, samples
+            end = position + len(samples)
+
+    def _segments(self) -> Iterator[tuple[int, np.ndarray]]:
+        resampler, key, origin, produced, expected = None, None, 0, 0, None
+        for frame in _decoded(self.container, self.stream, self.damage):
+            time = expected if frame.pts is None else float(frame.pts * frame.time_base)
+            time = 0.0 if time is None else time
+            frame_key = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if frame_key != key or expected is None or abs(time - expected) > AUDIO_JITTER:
+                if resampler is not None:
+                    yield from self._mono(resampler.resample(None), origin, produced)
+                # a new run: placed at its own timestamp
+                resampler = av.AudioResampler(format="fltp", rate=self.rate)
+                key, origin, produced, expected = frame_key, round(time * self.rate), 0, time
+            expected += frame.samples / frame.sample_rate
+            for position, samples in self._mono(resampler.resample(frame), origin, produced):
+                produced += len(samples)
+                yield position, samples
+        if resampler is not None:
+            yield from self._mono(resampler.resample(None), origin, produced)
+
+    @staticmethod
+    def _mono(frames, origin: int, produced: int) -> Iterator[tuple[int, np.ndarray]]:
+        for frame in frames:
+            samples = frame.to_ndarray().mean(axis=0, dtype=np.float32)
+            yield origin + produced, samples
+            produced += len(samples)
+
+    def close(self) -> None:
+        self.container.close()
+        self.damage.report()
+
+
+def load_audio(
+    path: _Path, sample_rate: int = SAMPLE_RATE, *, info: VideoInfo | None = None
+) -> Audio:
+    """The whole first audio track in memory, mono (mean of channels) at ``sample_rate``.
+
+    Without an audio stream (``info.has_audio`` False, or none in the file) the result has
+    ``missing=True`` and no samples, so every window is zeros. Files without video are fine here.
+    """
+    path = Path(path)
+    if info is not None and not info.has_audio:
+        return Audio(np.zeros(0, np.float32), int(sample_rate), missing=True)
+    chunks = _MonoChunks(path, sample_rate)
+    try:
+        if chunks.stream is None:
+            return Audio(np.zeros(0, np.float32), int(sample_rate), missing=True)
+        pieces = list(chunks)
+    finally:
+        chunks.close()
+    if not pieces:
+        return Audio(np.zeros(0, np.float32), int(sample_rate))
+    first = pieces[0][0]
+    samples = np.zeros(pieces[-1][0] + len(pieces[-1][1]) - first, dtype=np.float32)
+    for position, piece in pieces:
+        samples[position - first : position - first + len(piece)] = piece
+    return Audio(samples, int(sample_rate), start=first / sample_rate, gaps=chunks.gaps)
+
+
+class AudioReader:
+    """Streaming :func:`load_audio`: the same ``window(t0, t1)`` with memory flat in length.
+
+    Windows must come with ``t0`` never decreasing by more than READER_MARGIN (clips in time
+    order): audio is decoded just far enough ahead for each window and samples before the
+    latest ``t0 - READER_MARGIN`` are dropped. ``start`` and ``missing`` are known from the
+    start; ``gaps`` counts the seconds of gaps decoded so far. Close it, or use ``with``.
+    """
+
+    def __init__(self, path: _Path, sample_rate: int = SAMPLE_RATE):
+        self.path, self.sample_rate = Path(path), int(sample_rate)
+        self._chunks = _MonoChunks(self.path, self.sample_rate)
+        self.missing = self._chunks.stream is None
+        self._source = iter(self._chunks)
+        self._pending = next(self._source, None)  # the next chunk not yet in the buffer
+        self.start = self._pending[0] / self.sample_rate if self._pending else 0.0
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._base = self._pending[0] if self._pending else 0  # absolute index of _buffer[0]
+        self._floor = -math.inf  # earliest absolute index still answerable
+
+    @property
+    def gaps(self) -> float:
+        return self._chunks.gaps
+
+    def window(self, t0: float, t1: float) -> np.ndarray:
+        """The ``round((t1 - t0) * sample_rate)`` samples from clock time ``t0``, zero-filled."""
+        first = round(t0 * self.sample_rate)
+        last = first + max(0, round((t1 - t0) * self.sample_rate))
+        if first < self._floor:
+            raise ValueError(
+                f"AudioReader windows must not go back more than {READER_MARGIN} s "
+                f"(asked for {t0:.3f} s after {self._floor / self.sample_rate:.3f} s)"
+            )
+        self._floor = max(self._floor, first - round(READER_MARGIN * self.sample_rate))
+        self._drop(self._floor)
+        self._fill(last)
+        return _window(self._buffer, self._base, t0, t1, self.sample_rate)
+
+    def _drop(self, keep_from: float) -> None:
+        if keep_from <= self._base:
+            return
+        keep_from = int(keep_from)
+        cut = min(keep_from - self._base, len(self._buffer))
+        self._buffer = self._buffer[cut:]
+        self._base = keep_from if not len(self._buffer) else self._base + cut
+
+    def _fill(self, upto: int) -> None:
+        pieces, end = [self._buffer], self._base + len(self._buffer)
+        while end < upto and self._pending is not None and self._pending[0] < upto:
+            position, samples = self._pending
+            if position < end:
+                samples = samples[end - position :]
+            elif position > end:
+                pieces.append(np.zeros(position - end, dtype=np.float32))
+            pieces.append(samples)
+            end = max(end, position) + len(samples)
+            self._pending = next(self._source, None)
+        if len(pieces) > 1:
+            self._buffer = np.concatenate(pieces)
+
+    def close(self) -> None:
+        """Release the file (and report damage found so far)."""
+        self._chunks.close()
+
+    def __enter__(self) -> AudioReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = [
+    "SAMPLE_RATE",
+    "Audio",
+    "AudioReader",
+    "Frame",
+    "VideoInfo",
+    "iter_frames",
+    "load_audio",
+    "probe",
+]
