@@ -318,8 +318,124 @@ def weights_verify(
         raise typer.Exit(1)
 
 
-# `avemo weights import SRC --format FORMAT -o OUT.safetensors` (issue 7 part 3) belongs here, next
-# to pull: it converts the files above into avemo checkpoints once avemo.models has the builders.
+@weights_app.command("import")
+def weights_import(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="A published checkpoint file or a name from `avemo weights list`."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="OUT.safetensors (parts: OUT.<part>.safetensors) or a folder."
+        ),
+    ],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="tsav, pytorch-i3d, jca-cvpr, jca-journal, jmt or torchvision "
+            "(default: the manifest's, else recognised from the keys).",
+        ),
+    ] = None,
+    pipeline: Annotated[
+        bool,
+        typer.Option("--pipeline", help="Assemble the sources into one pipeline checkpoint."),
+    ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="The manifest entry a file is (provenance, licence)."),
+    ] = None,
+    member: Annotated[
+        str | None, typer.Option("--member", help="The checkpoint to use inside a zip archive.")
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option("--features", help="R(2+1)D/R3D features: pool (512) or flat (25088)."),
+    ] = None,
+    regressor: Annotated[
+        str | None,
+        typer.Option(
+            "--regressor",
+            help="'retrain': import a reference JCA's attention without its regressor.",
+        ),
+    ] = None,
+    heads: Annotated[
+        int | None, typer.Option("--heads", min=1, help="JMT attention heads (default 1).")
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", min=1, help="Clips per sequence of a pipeline.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = (
+        False
+    ),
+) -> None:
+    """Convert published checkpoints into avemo checkpoints that avemo.models.load rebuilds."""
+    from avemo import convert
+
+    def usage(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
+
+    if fmt is not None and fmt not in convert.FORMATS:
+        raise usage(f"unknown format {fmt!r}; one of {', '.join(convert.FORMATS)}")
+    if len(sources) > 1 and not pipeline:
+        raise usage("several sources are imported together only with --pipeline")
+    if name is not None and len(sources) > 1:
+        raise usage("--name describes one source file")
+    if features not in {None, "pool", "flat"}:
+        raise usage("--features must be pool or flat")
+    if regressor not in {None, "retrain"}:
+        raise usage("--regressor takes 'retrain'")
+    options = {
+        k: v
+        for k, v in {"features": features, "regressor": regressor, "heads": heads}.items()
+        if v is not None
+    }
+    from avemo import hub
+
+    try:
+        manifest = hub.load_manifest()
+        if name is not None:
+            hub.get(name, manifest)
+        for src in sources:  # an unknown name is a usage error (status 2), before any work
+            path = Path(src).expanduser()
+            if not path.exists() and "/" not in src and not path.suffix:
+                hub.get(src, manifest)
+    except AvemoError as error:
+        raise usage(str(error)) from None
+    try:
+        if pipeline:
+            paths = [
+                convert.import_pipeline(
+                    sources,
+                    output,
+                    fmt=fmt,
+                    seq_len=seq_len,
+                    member=member,
+                    overwrite=overwrite,
+                    **options,
+                )
+            ]
+            roles = ["pipeline"]
+        else:
+            paths = convert.import_weights(
+                sources[0], fmt, output, name=name, member=member, overwrite=overwrite, **options
+            )
+            roles = [_role(p) for p in paths]
+    except AvemoError as error:
+        raise _weights_failed(error) from None
+    for role, path in zip(roles, paths, strict=True):
+        typer.echo(f"{role}: {path}")
+
+
+def _role(path: Path) -> str:
+    """The pipeline role of an imported checkpoint, from its file's header."""
+    from avemo import models
+
+    component = models.read_header(path)["component"]
+    return {"visual_backbone": "visual", "audio_backbone": "audio"}.get(component, component)
 
 
 # --- avemo evaluate: scores against ground truth (avemo.evaluate) ------------------------------
