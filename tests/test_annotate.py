@@ -300,3 +300,45 @@ def test_interrupted_run_leaves_no_partial_output_and_rerun_completes(
     result = annotate_module.annotate_videos([carphone], out, progress=False)
     assert result.exit_code == 0 and len(result.done) == 1
     assert len(pd.read_csv(out / "carphone_pristine.csv")) == decoded_frames(carphone)
+
+
+def still_video(image_path, path, frames: int = 6):
+    """A short mpeg4 video showing one still photo."""
+    import cv2
+
+    image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
+    image = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "yuv420p"
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def test_several_faces_and_the_abaw_left_right_pair(group_photo, tmp_path):
+    video = still_video(group_photo, tmp_path / "group.mp4")
+    table = annotate_file(video, tmp_path / "group", fmt="abaw", max_faces=2)
+    assert len(table) == 2 * 6 and table["face_id"].nunique() == 2
+    assert table.groupby("face_id").size().tolist() == [6, 6]
+    assert table["valence"].notna().all()
+    left = (tmp_path / "group_left.txt").read_text().splitlines()
+    right = (tmp_path / "group_right.txt").read_text().splitlines()
+    assert left[1].startswith("group_left/00001.jpg,") and len(left) == len(right) == 7
+    record = json.loads((tmp_path / "group.json").read_text())
+    assert record["outputs"] == ["group_left.txt", "group_right.txt"]
+    assert annotate_module.output_files(tmp_path / "group", "abaw")[1:] == [
+        tmp_path / "group_left.txt",
+        tmp_path / "group_right.txt",
+    ]
+    with pytest.raises(AvemoError, match="one face per file"):
+        annotate_file(video, tmp_path / "group3", fmt="abaw", max_faces=3)
+
+
+def test_a_smile_comes_out_positive_end_to_end(astronaut_photo, tmp_path):
+    table = annotate(still_video(astronaut_photo, tmp_path / "smile.mp4"))
+    assert (table["valence_raw"] > 0.4).all()
+    assert table["p_happy"].min() > 0.5
