@@ -19,11 +19,11 @@ import types
 
 from avemo.errors import AvemoError
 
-__all__ = ["AvemoError", "__version__", "evaluate"]
+__all__ = ["AvemoError", "__version__", "annotate", "evaluate"]
 
 # Public functions imported on first use, so that `import avemo` stays light (no torch, pandas):
 # name -> the module that defines it.
-_LAZY = {"evaluate": "avemo.evaluate"}
+_LAZY = {"annotate": "avemo.annotate", "evaluate": "avemo.evaluate"}
 
 
 def __getattr__(name: str):
@@ -35,7 +35,7 @@ def __getattr__(name: str):
 
 
 class _Package(types.ModuleType):
-    """``avemo.evaluate`` stays the function when its module ``avemo/evaluate.py`` is imported.
+    """``avemo.evaluate`` (``avemo.annotate``) stays the function when its module is imported.
 
     Python binds an imported submodule as an attribute of its package, which would replace the
     function of the same name; this binds the function instead. ``from avemo.evaluate import X``
