@@ -645,6 +645,9 @@ def extract(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per pass.")] = 8,
     device: Device = "auto",
+    bf16: Annotated[
+        bool, typer.Option("--bf16", help="bfloat16 autocast (faster on recent CPUs and GPUs).")
+    ] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Cache backbone features of every clip (one <video>.npz each) for `avemo train`."""
@@ -661,6 +664,7 @@ def extract(
             labels=labels,
             batch_size=batch_size,
             device=device,
+            bf16=bf16,
             overwrite=overwrite,
         )
     except AvemoError as error:

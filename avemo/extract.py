@@ -406,19 +406,22 @@ def extract_video(
     progress: bool | None = None,
     sibling: Features | None = None,
     scratch: Path | None = None,
+    bf16: bool = False,
 ) -> Features:
     """Features of every clip of one video (dense: the clip ending at each frame).
 
     ``sibling``: the cached features of the other half of a two-person video (same video file);
     its audio features are reused instead of computed again. ``scratch``: a file that holds the
     visual features as they come (memory-mapped), so that memory stays flat however long the
-    video and wide the features (25088-d); the caller deletes it after writing.
+    video and wide the features (25088-d); the caller deletes it after writing. ``bf16``: the
+    backbones run under bfloat16 autocast (features are stored as float32 either way).
     """
     import torch
     from tqdm import tqdm
 
     from avemo.clips import clip_frames, window_has_face
     from avemo.decode import SAMPLE_RATE, iter_frames, load_audio, probe
+    from avemo.predict import autocast
     from avemo.spectrogram import LogMel, clip_waveforms
 
     info = probe(source.video)
@@ -455,7 +458,7 @@ def extract_video(
         disable=None if progress is None else not progress,
         leave=False,
     )
-    with torch.inference_mode(), bar:
+    with torch.inference_mode(), autocast(torch.device(device), bf16), bar:
         for start in range(0, n, batch_size):
             ends = np.arange(start, min(start + batch_size, n))
             indices = np.stack([clip_frames(int(e), present) for e in ends])
@@ -520,6 +523,7 @@ def extract(
     labels: Sequence[str | os.PathLike] | None = None,
     batch_size: int = DEFAULT_BATCH,
     device: str = "auto",
+    bf16: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
     stream=None,
@@ -542,9 +546,15 @@ def extract(
     sources = find_sources(videos, crops, names)
     backbones = load_backbones(visual, audio, pipeline=pipeline, device=device)
     description = cache_description(backbones)
+    description["precision"] = "bf16 autocast" if bf16 else "fp32"
     cache_json = output / CACHE_JSON
     if cache_json.exists() and not overwrite:
         existing = read_cache_info(output)
+        precision = existing.get("precision", "fp32")
+        if precision != description["precision"]:
+            raise AvemoError(
+                f"this cache holds {precision} features; use another folder or --overwrite", output
+            )
         for role in ("visual", "audio"):
             if existing[role]["sha256"] != description[role]["sha256"]:
                 raise AvemoError(
@@ -580,6 +590,7 @@ def extract(
                 progress=progress,
                 sibling=_sibling(output, source),
                 scratch=scratch,
+                bf16=bf16,
             )
             write_features(job.output(FEATURE_SUFFIX), features)
         finally:

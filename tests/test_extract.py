@@ -305,7 +305,7 @@ def test_extract_skips_cached_videos_and_reports_missing_inputs_on_one_line(
     out = tmp_path / "cache"
     args = [*base[:3], str(tmp_path / "crops"), *base[4:], "-o", str(out), "--labels", str(labels)]
     args[1] = str(affwild2 / "videos" / "talk.mp4")
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--bf16"])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert errors == [
@@ -313,12 +313,19 @@ def test_extract_skips_cached_videos_and_reports_missing_inputs_on_one_line(
         "error: lost: no video file for 'lost' (looked for lost.* too)",
     ]
     assert "1 videos done" in result.output and (out / "talk.npz").exists()
+    # bfloat16 autocast: the same features to bf16 precision, and the cache says so
+    assert read_cache_info(out)["precision"] == "bf16 autocast"
+    fp32, bf16 = read_features(cache / "talk.npz"), read_features(out / "talk.npz")
+    assert np.allclose(bf16.visual, fp32.visual, rtol=0.05, atol=0.02)
+    assert np.allclose(bf16.audio, fp32.audio, rtol=0.05, atol=0.05)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "holds bf16 autocast features" in result.output
     # a cache of other backbones is not mixed with new features
     torch.manual_seed(1)
     other = tmp_path / "other.safetensors"
     models.save(models.build("test_tiny_video"), other, provenance={"trained": False})
     args[args.index("--visual") + 1] = str(other)
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--bf16"])
     assert result.exit_code == 1 and "another visual backbone" in result.output
 
 
