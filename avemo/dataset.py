@@ -66,12 +66,16 @@ def load_videos(
 ) -> list[Video]:
     """The cached features and labels of ``names`` (all must be in the cache and labelled)."""
     cache = cached_videos(features)
-    by_stem = {Path(name).name: path for name, path in cache.items()}
+    by_stem: dict[str, list[Path]] = {}
+    for cached, path in cache.items():
+        by_stem.setdefault(Path(cached).name, []).append(path)
     videos = []
     for name in names:
-        path = cache.get(name) or by_stem.get(Path(name).name)
-        if path is None:
-            raise AvemoError(f"video {name!r} has labels but no cached features", features)
+        found = [cache[name]] if name in cache else by_stem.get(Path(name).name, [])
+        if len(found) != 1:
+            problem = "no cached features" if not found else f"{len(found)} cached feature files"
+            raise AvemoError(f"video {name!r} has labels but {problem}", features)
+        path = found[0]
         videos.append(Video(read_features(path, Path(name).name), read_labels(labels[name])))
     return videos
 
