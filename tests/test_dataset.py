@@ -88,3 +88,25 @@ def test_predictions_cover_every_frame_of_the_cache_in_order():
 
     out = D.predict_video(Echo(), features, seq_len=4, batch_size=3)
     assert np.array_equal(out[:, 0], np.arange(n))
+
+
+def test_videos_are_found_in_the_cache_by_name_and_ambiguity_is_an_error(tmp_path):
+    from avemo.extract import write_features
+
+    features = Features(
+        "clip", np.zeros((5, 2)), np.zeros((5, 3)), np.arange(1, 6), np.ones(5, bool)
+    )
+    for folder in ("day1", "day2"):
+        write_features(tmp_path / "cache" / folder / "clip.npz", features)
+    write_features(tmp_path / "cache" / "day1" / "other.npz", features)
+    labels = tmp_path / "other.txt"
+    labels.write_text("valence,arousal\n0.1,0.2\n0.3,0.4\n")
+    (video,) = D.load_videos(tmp_path / "cache", {"other": labels, "clip": labels}, ["other"])
+    assert video.name == "other" and video.features.visual.shape == (5, 3)
+    assert video.labels.shape == (2, 2)
+    (video,) = D.load_videos(tmp_path / "cache", {"day2/clip": labels}, ["day2/clip"])
+    assert video.name == "clip"
+    with pytest.raises(AvemoError, match="'clip' has labels but 2 cached feature files"):
+        D.load_videos(tmp_path / "cache", {"clip": labels}, ["clip"])
+    with pytest.raises(AvemoError, match="'none' has labels but no cached features"):
+        D.load_videos(tmp_path / "cache", {"none": labels}, ["none"])
