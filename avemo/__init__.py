@@ -13,6 +13,39 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
+import importlib
+import sys
+import types
+
 from avemo.errors import AvemoError
 
-__all__ = ["AvemoError", "__version__"]
+__all__ = ["AvemoError", "__version__", "annotate", "evaluate"]
+
+# Public functions imported on first use, so that `import avemo` stays light (no torch, pandas):
+# name -> the module that defines it.
+_LAZY = {"annotate": "avemo.annotate", "evaluate": "avemo.evaluate"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        function = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = function
+        return function
+    raise AttributeError(f"module 'avemo' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``avemo.evaluate`` (``avemo.annotate``) stays the function when its module is imported.
+
+    Python binds an imported submodule as an attribute of its package, which would replace the
+    function of the same name; this binds the function instead. ``from avemo.evaluate import X``
+    still gives the module's ``X``.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

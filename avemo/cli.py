@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -103,6 +103,87 @@ def sample() -> None:
     from avemo.utils import sample_video
 
     typer.echo(str(sample_video()))
+
+
+@app.command()
+def annotate(
+    inputs: Inputs,
+    output: OutputDir,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Registry name or checkpoint path of a whole pipeline; default: the bundled "
+            "expression model (see README, Default model).",
+        ),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            "--stride",
+            help="Compute clips every K frames (K divides 32) and interpolate the others; "
+            "default: 1 for the expression model, 8 for pipelines.",
+        ),
+    ] = None,
+    smooth: Annotated[
+        bool, typer.Option("--smooth/--no-smooth", help="Reference box filter (SPEC 6).")
+    ] = True,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="csv, tsv or abaw (challenge files).")
+    ] = "csv",
+    device: Device = "auto",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")
+    ] = 16,
+    bf16: Annotated[
+        bool, typer.Option("--bf16", help="bfloat16 autocast (faster on recent CPUs and GPUs).")
+    ] = False,
+    detector: Detector = "centerface",
+    detector_model: DetectorModel = None,
+    detect_size: Annotated[
+        int | None,
+        typer.Option("--detect-size", help="Longer side (px) the detector works at."),
+    ] = None,
+    detect_every: Annotated[
+        int, typer.Option("--detect-every", min=1, help="Run the detector every K frames.")
+    ] = 1,
+    max_faces: MaxFaces = 1,
+    overwrite: Overwrite = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal)."),
+    ] = None,
+) -> None:
+    """Write per-frame valence and arousal for every video: OUT/<rel>/<stem>.csv (+ .json)."""
+    from avemo.annotate import annotate_videos
+
+    try:
+        result = annotate_videos(
+            inputs,
+            output,
+            model=model,
+            fmt=fmt,
+            overwrite=overwrite,
+            stride=stride,
+            smooth=smooth,
+            device=device,
+            batch_size=batch_size,
+            bf16=bf16,
+            detector=detector,
+            detector_model=detector_model,
+            detect_size=detect_size,
+            detect_every=detect_every,
+            max_faces=max_faces,
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    except AvemoError as error:  # the model, an option or the inputs as a whole: usage error
+        if os.environ.get("AVEMO_DEBUG"):
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(result.summary("videos"), err=True)
+    raise typer.Exit(result.exit_code)
 
 
 def main() -> None:
@@ -237,8 +318,214 @@ def weights_verify(
         raise typer.Exit(1)
 
 
-# `avemo weights import SRC --format FORMAT -o OUT.safetensors` (issue 7 part 3) belongs here, next
-# to pull: it converts the files above into avemo checkpoints once avemo.models has the builders.
+@weights_app.command("import")
+def weights_import(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="A published checkpoint file or a name from `avemo weights list`."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="OUT.safetensors (parts: OUT.<part>.safetensors) or a folder."
+        ),
+    ],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="tsav, pytorch-i3d, jca-cvpr, jca-journal, jmt or torchvision "
+            "(default: the manifest's, else recognised from the keys).",
+        ),
+    ] = None,
+    pipeline: Annotated[
+        bool,
+        typer.Option("--pipeline", help="Assemble the sources into one pipeline checkpoint."),
+    ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="The manifest entry a file is (provenance, licence)."),
+    ] = None,
+    member: Annotated[
+        str | None, typer.Option("--member", help="The checkpoint to use inside a zip archive.")
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option("--features", help="R(2+1)D/R3D features: pool (512) or flat (25088)."),
+    ] = None,
+    regressor: Annotated[
+        str | None,
+        typer.Option(
+            "--regressor",
+            help="'retrain': import a reference JCA's attention without its regressor.",
+        ),
+    ] = None,
+    heads: Annotated[
+        int | None, typer.Option("--heads", min=1, help="JMT attention heads (default 1).")
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", min=1, help="Clips per sequence of a pipeline.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = (
+        False
+    ),
+) -> None:
+    """Convert published checkpoints into avemo checkpoints that avemo.models.load rebuilds."""
+    from avemo import convert
+
+    def usage(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
+
+    if fmt is not None and fmt not in convert.FORMATS:
+        raise usage(f"unknown format {fmt!r}; one of {', '.join(convert.FORMATS)}")
+    if len(sources) > 1 and not pipeline:
+        raise usage("several sources are imported together only with --pipeline")
+    if name is not None and len(sources) > 1:
+        raise usage("--name describes one source file")
+    if features not in {None, "pool", "flat"}:
+        raise usage("--features must be pool or flat")
+    if regressor not in {None, "retrain"}:
+        raise usage("--regressor takes 'retrain'")
+    options = {
+        k: v
+        for k, v in {"features": features, "regressor": regressor, "heads": heads}.items()
+        if v is not None
+    }
+    from avemo import hub
+
+    try:
+        manifest = hub.load_manifest()
+        if name is not None:
+            hub.get(name, manifest)
+        for src in sources:  # an unknown name is a usage error (status 2), before any work
+            path = Path(src).expanduser()
+            if not path.exists() and "/" not in src and not path.suffix:
+                hub.get(src, manifest)
+    except AvemoError as error:
+        raise usage(str(error)) from None
+    try:
+        if pipeline:
+            paths = [
+                convert.import_pipeline(
+                    sources,
+                    output,
+                    fmt=fmt,
+                    seq_len=seq_len,
+                    member=member,
+                    overwrite=overwrite,
+                    **options,
+                )
+            ]
+            roles = ["pipeline"]
+        else:
+            paths = convert.import_weights(
+                sources[0], fmt, output, name=name, member=member, overwrite=overwrite, **options
+            )
+            roles = [_role(p) for p in paths]
+    except AvemoError as error:
+        raise _weights_failed(error) from None
+    for role, path in zip(roles, paths, strict=True):
+        typer.echo(f"{role}: {path}")
+
+
+def _role(path: Path) -> str:
+    """The pipeline role of an imported checkpoint, from its file's header."""
+    from avemo import models
+
+    component = models.read_header(path)["component"]
+    return {"visual_backbone": "visual", "audio_backbone": "audio"}.get(component, component)
+
+
+# --- avemo evaluate: scores against ground truth (avemo.evaluate) ------------------------------
+
+
+@app.command()
+def evaluate(
+    predictions: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            help="Prediction file or folder: avemo CSVs, challenge files, frame/valence/arousal "
+            "CSVs.",
+        ),
+    ],
+    labels: Annotated[
+        Path,
+        typer.Argument(exists=True, help="Label file or folder (Aff-Wild2 <video>.txt, ...)."),
+    ],
+    pooling: Annotated[
+        Literal["concat", "video"],
+        typer.Option(help="concat: all frames as one series (the challenge's); video: mean, std."),
+    ] = "concat",
+    missing: Annotated[
+        Literal["drop", "zero", "ffill"],
+        typer.Option(help="Labelled frames without prediction: drop, score as 0, or ffill."),
+    ] = "drop",
+    smooth: Annotated[
+        bool,
+        typer.Option("--smooth", help="Box-filter predictions first (valence 20, arousal 50)."),
+    ] = False,
+    face_id: Annotated[
+        int | None, typer.Option("--face-id", help="Face of avemo CSVs with several faces.")
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            "--columns",
+            metavar="V,A",
+            help="Value columns of prediction CSVs (default valence,arousal).",
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Resamples of videos for 95% intervals.")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the summary numbers as JSON.")
+    ] = None,
+    per_video: Annotated[
+        Path | None, typer.Option("--per-video", help="Write per-video numbers as CSV.")
+    ] = None,
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="Write traces per video and a VA scatter (PNG).")
+    ] = None,
+) -> None:
+    """Score predictions against labels: CCC, PCC, RMSE, SAGR (ABAW conventions)."""
+    from avemo.batch import atomic_path
+    from avemo.evaluate import evaluate as run
+
+    names = None
+    if columns is not None:
+        names = tuple(name.strip() for name in columns.split(","))
+        if len(names) != 2 or not all(names):
+            raise typer.BadParameter(
+                "give two column names: VALENCE,AROUSAL", param_hint="--columns"
+            )
+    try:
+        result = run(
+            predictions,
+            labels,
+            pooling=pooling,
+            missing=missing,
+            smooth=smooth,
+            face_id=face_id,
+            columns=names,
+            bootstrap=bootstrap,
+            seed=seed,
+            per_video=per_video,
+            plots=plots,
+        )
+        if json_path is not None:
+            with atomic_path(json_path) as tmp:
+                tmp.write_text(result.to_json() + "\n")
+    except AvemoError as error:
+        if os.environ.get("AVEMO_DEBUG"):
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.table())
 
 
 # --- avemo faces: detect, track and align faces (avemo.faces, avemo.tracking, avemo.facetrack) ---

@@ -201,8 +201,12 @@ def _seconds(value, time_base) -> float | None:
     return None if value is None or time_base is None else float(value * time_base)
 
 
-def _declared_duration(container, stream) -> float | None:
-    """Duration in s from the stream, Matroska's per-track DURATION tag, or the container."""
+def _declared_duration(container, stream, *, own: bool = False) -> float | None:
+    """Duration in s from the stream, Matroska's per-track DURATION tag, or the container.
+
+    With ``own``, the container's duration (the longest of its streams) is used only when the
+    stream is the only audio/video stream, so that a longer audio track is not taken for it.
+    """
     duration = _seconds(stream.duration, stream.time_base)
     if duration is None and "DURATION" in stream.metadata:
         try:
@@ -210,7 +214,8 @@ def _declared_duration(container, stream) -> float | None:
             duration = int(h) * 3600 + int(m) * 60 + float(s)
         except ValueError:
             duration = None
-    if duration is None and container.duration:
+    alone = len(container.streams.video) + len(container.streams.audio) == 1
+    if duration is None and container.duration and (alone or not own):
         duration = container.duration / av.time_base
     return duration
 
@@ -238,10 +243,14 @@ def probe(path: _Path) -> VideoInfo:
             fps = float(stream.guessed_rate)
         else:
             raise AvemoError("cannot tell the video's frame rate", path)
-        if first is not None:
-            rotation = _rotation(first.rotation)
-        else:  # the tag older FFmpeg versions exported: clockwise degrees
-            rotation = _rotation(-float(stream.metadata.get("rotate", 0) or 0))
+        # the display matrix reaches Python only on frames; older FFmpeg versions exported it
+        # as a `rotate` tag instead (clockwise degrees)
+        tag = stream.metadata.get("rotate", "0")
+        try:
+            degrees = (first.rotation if first is not None else 0) or -float(tag)
+        except ValueError:
+            degrees = 0
+        rotation = _rotation(degrees)
         width = stream.codec_context.width or (first.width if first else 0)
         height = stream.codec_context.height or (first.height if first else 0)
         if rotation % 180:
@@ -296,7 +305,7 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
                 index += 1
             if index == 0:
                 raise AvemoError("no video frame could be decoded", path)
-            end = _declared_duration(container, stream)
+            end = _declared_duration(container, stream, own=True)
             if end is not None:
                 end += _seconds(stream.start_time, stream.time_base) or 0.0
                 if time + period < end - TRUNCATION_TOLERANCE:

@@ -52,9 +52,59 @@ class DelimitedWriter(Writer):
         )
 
 
+class AbawWriter(Writer):
+    """The ABAW challenge's valence-arousal file (SPEC 8) from an annotate table.
+
+    Header ``image_location,valence,arousal``, then ``<video>/%05d.jpg,v,a`` for every frame
+    (1-based), where ``<video>`` is the file's stem. The challenge needs a value on every frame:
+    frames without a prediction take the nearest earlier one (the nearest later one at the start
+    of a video, 0 when the video has none). A table with two faces becomes the Aff-Wild2 pair
+    ``<video>_left`` / ``<video>_right``, by the median horizontal centre of each face's box.
+    """
+
+    extension = ".txt"
+    SIDES = ("_left", "_right")
+
+    def write(self, table: pd.DataFrame, path: str | os.PathLike) -> list[Path]:
+        path = Path(path)
+        faces = [f for f in pd.unique(table["face_id"]) if f >= 0] or [-1]
+        if len(faces) > len(self.SIDES):
+            raise AvemoError(
+                f"the abaw format holds one face per file, or a left/right pair; this table has "
+                f"{len(faces)} faces (use --max-faces 1 or 2)",
+                path,
+            )
+        if len(faces) == 1:
+            targets = {faces[0]: path}
+        else:
+            centre = table["face_x"] + table["face_width"] / 2
+            order = sorted(faces, key=lambda f: centre[table["face_id"] == f].median())
+            targets = {
+                face: path.with_name(path.stem + side + path.suffix)
+                for face, side in zip(order, self.SIDES, strict=True)
+            }
+        for face, target in targets.items():
+            with atomic_path(target) as tmp:
+                tmp.write_text(self.render(table[table["face_id"] == face], target.stem))
+        return list(targets.values())
+
+    @staticmethod
+    def render(table: pd.DataFrame, video: str) -> str:
+        values = table[["valence", "arousal"]].ffill().bfill().fillna(0.0)
+        lines = ["image_location,valence,arousal"]
+        lines += [
+            f"{video}/{frame + 1:05d}.jpg,{v:.6f},{a:.6f}"
+            for frame, v, a in zip(
+                table["frame"], values["valence"], values["arousal"], strict=True
+            )
+        ]
+        return "\n".join(lines) + "\n"
+
+
 WRITERS = {
     "csv": lambda: DelimitedWriter(",", ".csv"),
     "tsv": lambda: DelimitedWriter("\t", ".tsv"),
+    "abaw": AbawWriter,
 }
 
 

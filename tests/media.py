@@ -176,8 +176,9 @@ def vfr_clip(path: Path) -> Path:
     return write_av(path, moving_frames(len(VFR_TIMES)), times=VFR_TIMES)
 
 
-def rotated_clip(path: Path) -> Path:
-    """1 s of 128x96 coded frames with a white MARK square at the top-left, tagged ROTATION."""
+def rotated_clip(path: Path, rotation: int = ROTATION) -> Path:
+    """1 s of 128x96 coded frames with a white MARK square at the top-left, tagged to display
+    rotated by ``rotation`` degrees counter-clockwise."""
 
     def frames():
         for img in moving_frames(FPS):
@@ -185,7 +186,7 @@ def rotated_clip(path: Path) -> Path:
             img[:MARK, :MARK] = 255
             yield img
 
-    return write_av(path, frames(), rotation=ROTATION)
+    return write_av(path, frames(), rotation=rotation)
 
 
 def no_audio_clip(path: Path) -> Path:

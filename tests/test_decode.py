@@ -81,14 +81,39 @@ def test_rotation_is_applied(rotated_clip):
     info = probe(rotated_clip)
     assert info.rotation == media.ROTATION
     assert (info.width, info.height) == (media.SIZE[0], media.SIZE[1])  # 96 wide, 128 high
-    m = media.MARK - 4  # inside the mark, away from the codec's blurred edges
-    for frame in iter_frames(rotated_clip, info=info):
-        image = frame.image.mean(axis=2)
-        assert image.shape == (info.height, info.width)
+    frames = list(iter_frames(rotated_clip, info=info))
+    assert len(frames) == media.FPS
+    for frame in frames:
         # counter-clockwise by 90: the coded top-left corner is shown at the bottom-left
-        assert image[-m:, :m].min() > 200
-        assert image[:m, :m].max() < 120 and image[-m:, -m:].max() < 120
-        assert image[:m, -m:].max() < 120
+        assert marked_corner(frame.image) == "bottom-left"
+
+
+@pytest.mark.parametrize(
+    "rotation, shape, corner",
+    [(0, (96, 128), "top-left"), (180, (96, 128), "bottom-right"), (270, (128, 96), "top-right")],
+)
+def test_other_rotations(tmp_path, rotation, shape, corner):
+    clip = media.rotated_clip(tmp_path / "rotated.mp4", rotation)
+    info = probe(clip)
+    assert info.rotation == rotation and (info.height, info.width) == shape
+    frame = next(iter_frames(clip, info=info))
+    assert frame.image.shape == (*shape, 3) and marked_corner(frame.image) == corner
+
+
+def marked_corner(image: np.ndarray) -> str:
+    """Which corner holds the white square of media.rotated_clip (the others are dark)."""
+    m = media.MARK - 4  # inside the mark, away from the codec's blurred edges
+    gray = image.mean(axis=2)
+    corners = {
+        "top-left": gray[:m, :m],
+        "top-right": gray[:m, -m:],
+        "bottom-left": gray[-m:, :m],
+        "bottom-right": gray[-m:, -m:],
+    }
+    white = [name for name, block in corners.items() if block.min() > 200]
+    dark = [name for name, block in corners.items() if block.max() < 120]
+    assert len(white) == 1 and len(dark) == 3, (white, dark)
+    return white[0]
 
 
 def test_iteration_is_lazy_and_can_stop_early(av_clip):

