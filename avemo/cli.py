@@ -146,8 +146,13 @@ def annotate(
         typer.Option("--detect-size", help="Longer side (px) the detector works at."),
     ] = None,
     detect_every: Annotated[
-        int, typer.Option("--detect-every", min=1, help="Run the detector every K frames.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--detect-every",
+            min=1,
+            help="Run the detector every K frames, boxes interpolated between (default 2).",
+        ),
+    ] = None,
     max_faces: MaxFaces = 1,
     overwrite: Overwrite = False,
     progress: Annotated[

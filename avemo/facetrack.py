@@ -14,6 +14,7 @@ Frame numbers are 0-based everywhere except in crop file names (Aff-Wild2: ``%05
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import queue
@@ -187,9 +188,9 @@ def detect_tracks(
         raise ValueError(f"detect_every must be at least 1, got {detect_every}")
     info = probe(path)
     tracker = Tracker()
-    times: list[float] = []
-    keyframes: list[int] = []
-    found: list[tuple] = []  # (frame, ids, boxes, scores, landmarks) per keyframe with faces
+    # compact per-frame records (8 bytes a number), so memory hardly grows with the video's length
+    times, keyframes = array.array("d"), array.array("q")
+    found = _Rows(2 + 4 + 1 + 2 * NUM_LANDMARKS)  # frame, track id, box, score, landmarks
     bar = tqdm(
         total=info.num_frames or None,
         unit="frame",
@@ -206,24 +207,54 @@ def detect_tracks(
                 faces = detector(frame.image)
                 if len(faces):
                     ids = tracker.update(faces.boxes, index)
-                    found.append((index, ids, faces.boxes, faces.scores, faces.landmarks))
+                    found.extend(
+                        np.column_stack(
+                            [
+                                np.full(len(ids), index),
+                                ids,
+                                faces.boxes,
+                                faces.scores,
+                                faces.landmarks.reshape(-1, 2 * NUM_LANDMARKS),
+                            ]
+                        )
+                    )
                 else:
                     tracker.update(np.zeros((0, 4)), index)
             bar.update()
     if not times:
         raise AvemoError("no video frames could be decoded", path)
-    counts = [len(f[1]) for f in found]
+    rows = found.array()
     return FaceScan(
         info=info,
-        times=np.asarray(times, np.float64),
+        times=np.frombuffer(times, np.float64).copy(),
         num_frames=len(times),
-        keyframes=np.asarray(keyframes, np.int64),
-        frames=np.repeat([f[0] for f in found], counts).astype(np.int64),
-        ids=np.concatenate([f[1] for f in found] or [np.zeros(0, np.int64)]),
-        boxes=np.concatenate([f[2] for f in found] or [np.zeros((0, 4), np.float32)]),
-        scores=np.concatenate([f[3] for f in found] or [np.zeros(0, np.float32)]),
-        landmarks=np.concatenate([f[4] for f in found] or [np.zeros((0, 5, 2), np.float32)]),
+        keyframes=np.frombuffer(keyframes, np.int64).copy(),
+        frames=rows[:, 0].astype(np.int64),
+        ids=rows[:, 1].astype(np.int64),
+        boxes=rows[:, 2:6].astype(np.float32),
+        scores=rows[:, 6].astype(np.float32),
+        landmarks=rows[:, 7:].reshape(-1, NUM_LANDMARKS, 2).astype(np.float32),
     )
+
+
+class _Rows:
+    """Rows of numbers appended to a float64 array that doubles when full."""
+
+    def __init__(self, width: int):
+        self.data = np.empty((256, width))
+        self.size = 0
+
+    def extend(self, rows: np.ndarray) -> None:
+        end = self.size + len(rows)
+        if end > len(self.data):
+            grown = np.empty((max(end, 2 * len(self.data)), self.data.shape[1]))
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : end] = rows
+        self.size = end
+
+    def array(self) -> np.ndarray:
+        return self.data[: self.size]
 
 
 def faces_table(scan: FaceScan, max_faces: int = 1) -> pd.DataFrame:
