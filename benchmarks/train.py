@@ -12,13 +12,14 @@ papers' sizes and batch sizes, on a synthetic cache subset written to a temporar
 full 2.6M-frame cache is not written: its size would be 10.6 GB at 512+512 dims and 270 GB at
 the journal JCA's 25088-d visual features), and the validation throughput; both are projected to
 one epoch of Aff-Wild2 (TRAIN_FRAMES, VAL_FRAMES). The GPU projection is explained in its output.
-Timings on a shared machine are noisy.
+By default torch uses only the idle cores. Timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import statistics
 import tempfile
@@ -59,6 +60,13 @@ CONFIGS = {  # name: (head, recipe, audio dim, visual dim, head kwargs)
 KERNEL_US = 10.0
 GPU_TFLOPS = 15.0
 LOADER_WORKERS = 4  # data loader processes assumed beside the GPU
+
+
+def idle_cores() -> int:
+    """Cores not already busy (1-minute load average), at least 1: on a shared machine a thread
+    pool larger than the idle cores is several times slower than a small one."""
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - busy))
 
 
 def timed(function, repeat: int = 3) -> float:
@@ -300,10 +308,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per config")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: idle)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or idle_cores())
     device = torch.device(args.device)
     if args.part in ("extract", "all"):
         bench_extraction(args.backbones, device)
