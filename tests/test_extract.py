@@ -50,7 +50,7 @@ class TinyVideoNet(torch.nn.Module):
         return self.conv(clips).relu().mean(dim=(2, 3, 4))
 
 
-@models.register("test_tiny_video", "visual_backbone")
+@models.register("test_extract_tiny_video", "visual_backbone")
 def tiny_video(dim: int = 16) -> TinyVideoNet:
     module = TinyVideoNet(dim)
     module.avemo_preprocessing = visual_preprocessing(CLIP_SIZE, KINETICS_MEAN, KINETICS_STD)
@@ -198,7 +198,9 @@ def affwild2(tmp_path_factory, av_clip, carphone):
         (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
     torch.manual_seed(0)
     models.save(
-        models.build("test_tiny_video"), root / "visual.safetensors", provenance={"trained": False}
+        models.build("test_extract_tiny_video"),
+        root / "visual.safetensors",
+        provenance={"trained": False},
     )
     models.save(
         models.build("audio_resnet18"), root / "audio.safetensors", provenance={"trained": False}
@@ -239,7 +241,7 @@ def cache(affwild2):
 def test_extract_writes_one_dense_file_per_video_and_describes_the_backbones(affwild2, cache):
     info = read_cache_info(cache)
     assert (
-        info["visual"]["builder"] == "test_tiny_video"
+        info["visual"]["builder"] == "test_extract_tiny_video"
         and info["audio"]["builder"] == "audio_resnet18"
     )
     assert info["visual"]["checkpoint"] == str((affwild2 / "visual.safetensors").resolve())
@@ -323,7 +325,7 @@ def test_extract_skips_cached_videos_and_reports_missing_inputs_on_one_line(
     # a cache of other backbones is not mixed with new features
     torch.manual_seed(1)
     other = tmp_path / "other.safetensors"
-    models.save(models.build("test_tiny_video"), other, provenance={"trained": False})
+    models.save(models.build("test_extract_tiny_video"), other, provenance={"trained": False})
     args[args.index("--visual") + 1] = str(other)
     result = runner.invoke(app, [*args, "--bf16"])
     assert result.exit_code == 1 and "another visual backbone" in result.output
@@ -353,7 +355,7 @@ def test_extract_train_bundle_annotate_evaluate_end_to_end(affwild2, cache, tmp_
     assert bundled.avemo_header["component"] == "pipeline" and bundled.seq_len == 16
     provenance = bundled.avemo_header["provenance"]
     assert provenance["training"]["best_epoch"] == training["best_epoch"]
-    assert provenance["components"]["visual"]["builder"] == "test_tiny_video"
+    assert provenance["components"]["visual"]["builder"] == "test_extract_tiny_video"
     for mine, theirs in (
         (bundled.head, models.load(head)),
         (bundled.visual, models.load(affwild2 / "visual.safetensors")),
