@@ -3,7 +3,8 @@
 The package reads top-down as the pipeline: ``decode`` (frames and audio) -> ``faces`` (detect,
 align) and ``tracking`` -> ``clips`` and ``spectrogram`` -> ``backbones`` -> ``heads`` ->
 per-frame values -> ``writers``. ``models`` holds the builder registry and the one checkpoint
-format; ``cli`` only parses arguments and calls library functions.
+format; ``cli`` only parses arguments and calls library functions. Training: ``extract`` caches
+the backbones' features, ``dataset`` tiles them into labelled sequences, ``train`` fits a head.
 """
 
 from importlib.metadata import PackageNotFoundError, version
