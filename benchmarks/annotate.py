@@ -154,10 +154,21 @@ def stride_ccc(a: Path, b: Path) -> tuple[float, float]:
     return tuple(float(ccc(x.loc[keep, c], y.loc[keep, c])) for c in ("valence", "arousal"))
 
 
+def report(label: str, r: dict) -> None:
+    print(
+        f"{label}: {r['fps']:.1f} fps, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+        f"stages (s) {r['stages_s']}",
+        flush=True,
+    )
+
+
 def main() -> None:
+    from avemo.annotate import DEFAULT_STRIDE
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10])
     parser.add_argument("--skip-jca", action="store_true")
+    parser.add_argument("--jca-strides", type=int, nargs="+", default=[DEFAULT_STRIDE["pipeline"]])
     parser.add_argument(
         "--stride-seconds",
         type=float,
@@ -168,35 +179,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         jca = str(jca_checkpoint(tmp / "jca.safetensors"))
-        for minutes in args.minutes:
-            video = make_video(tmp / f"face_{minutes:g}min.mp4", minutes * 60)
-            r = measure(video, None, {}, tmp / "default.csv")
-            print(
-                f"default model, {minutes:g} min: {r['fps']:.1f} fps, peak RSS "
-                f"{r['peak_rss_mib']:.0f} MiB, stages {r['stages_s']}",
-                flush=True,
-            )
-            if not args.skip_jca and minutes == min(args.minutes):
-                r = measure(video, jca, {"bf16": True}, tmp / "jca.csv")
-                print(
-                    f"JCA R(2+1)D+audio ResNet18 L=16 bf16, default stride, {minutes:g} min: "
-                    f"{r['fps']:.1f} fps, peak RSS {r['peak_rss_mib']:.0f} MiB, "
-                    f"stages {r['stages_s']}",
-                    flush=True,
-                )
         short = make_video(tmp / "short.mp4", args.stride_seconds)
-        for label, model, options in (
-            ("default model", None, {}),
-            ("JCA (random weights)", jca, {"bf16": True}),
+        for label, model, options, strides in (
+            ("default model", None, {}, (2, 4, 8)),
+            ("JCA (random weights), bf16", jca, {"bf16": True}, (4, 8, 16)),
         ):
             if model == jca and args.skip_jca:
                 continue
-            from avemo.annotate import DEFAULT_STRIDE
-
             kind = "pipeline" if model else "expression"
             dense = tmp / f"{kind}_s1.csv"
             measure(short, model, {**options, "stride": 1}, dense)
-            for stride in sorted({DEFAULT_STRIDE[kind], 2 * DEFAULT_STRIDE[kind], 4, 8} - {1}):
+            for stride in strides:
                 sparse = tmp / f"{kind}_s{stride}.csv"
                 measure(short, model, {**options, "stride": stride}, sparse)
                 v, a = stride_ccc(sparse, dense)
@@ -205,6 +198,16 @@ def main() -> None:
                     f" valence {v:.4f}, arousal {a:.4f}",
                     flush=True,
                 )
+        for minutes in sorted(args.minutes):
+            video = make_video(tmp / f"face_{minutes:g}min.mp4", minutes * 60)
+            report(f"default model, {minutes:g} min", measure(video, None, {}, tmp / "d.csv"))
+            if args.skip_jca:
+                continue
+            for stride in args.jca_strides:
+                for bf16 in (True, False) if minutes == min(args.minutes) else (True,):
+                    r = measure(video, jca, {"bf16": bf16, "stride": stride}, tmp / "jca.csv")
+                    precision = "bf16" if bf16 else "fp32"
+                    report(f"JCA L=16 {precision} stride {stride}, {minutes:g} min", r)
 
 
 if __name__ == "__main__":
