@@ -30,6 +30,7 @@ import torch
 
 from avemo import hub, models
 from avemo.errors import AvemoError
+from avemo.metrics import DIMENSIONS  # option ``dimension``: what a one-output CVPRW file regresses
 from avemo.utils import sha256_file
 
 FORMATS = tuple(sorted(hub.IMPORT_FORMATS))
@@ -350,7 +351,6 @@ def _layout_cvpr_visual(state, options) -> Layout:
 # the joint cross-attention's own weights (SPEC 5.1): the reference's names are avemo's
 JCA_ATTENTION = r"(encoder[12]|affine_[av]|W_[ac]?[av]|W_h[av])\.(weight|bias)"
 JCA_REGRESSOR_MODES = ("reference", "retrain")  # option ``regressor``; the first is the default
-DIMENSIONS = ("valence", "arousal")  # option ``dimension``: what a one-output CVPRW file regresses
 JCA_COMPAT_NOTE = (
     "compatibility mode (regressor_input='reference'): the regressor reads [V | X_att,v] "
     "({} inputs) as the reference code does, not the paper's [X_att,a | X_att,v]; the attended "
