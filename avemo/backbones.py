@@ -2,7 +2,7 @@
 
 Visual backbones map normalised clips ``B x 3 x T x H x W`` to ``B x D``; the audio backbone maps
 log-mel spectrograms ``B x 1 x 64 x 107`` to ``B x 512``. The networks are torchvision's, with
-their parameter names, so torchvision and TSAV checkpoints load after a prefix change only. The
+their parameter names; ``avemo.convert`` maps torchvision and TSAV checkpoints onto them. The
 input normalisation of every visual backbone is here, in one place: pixels are scaled to
 [0, 1], then ``(x - mean) / std`` per RGB channel. I3D (``avemo.i3d``) uses the same recipe with
 mean = std = 0.5, which is the reference's ``x / 255 * 2 - 1``.
@@ -149,23 +149,3 @@ def rgb_stem(weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() < 3 or weight.shape[1] < RGB_CHANNELS:
         raise ValueError(f"not a first-conv weight with >= 3 input channels: {tuple(weight.shape)}")
     return weight[:, :RGB_CHANNELS].contiguous()
-
-
-def tsav_state_dicts(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Split a TSAV checkpoint (SPEC 10) into backbone state dicts avemo's modules load.
-
-    ``video_model.r2plus1d.*`` -> ``"visual"`` (for :func:`r2plus1d_18`; its 4-channel stem
-    reduced to RGB, ``fc`` dropped) and ``audio_model.resnet.*`` -> ``"audio"`` (for
-    :func:`audio_resnet18`, ``fc`` dropped). Other keys (``fc.1.*``) are TSAV's own head.
-    """
-    prefixes = {"visual": "video_model.r2plus1d.", "audio": "audio_model.resnet."}
-    out: dict[str, dict[str, torch.Tensor]] = {"visual": {}, "audio": {}}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.")
-        for part, prefix in prefixes.items():
-            if key.startswith(prefix) and not key.startswith(prefix + "fc."):
-                out[part][key[len(prefix) :]] = value
-    stem = out["visual"].get("stem.0.weight")
-    if stem is not None:
-        out["visual"]["stem.0.weight"] = rgb_stem(stem)
-    return out

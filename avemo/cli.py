@@ -363,7 +363,15 @@ def weights_import(
         str | None,
         typer.Option(
             "--regressor",
-            help="'retrain': import a reference JCA's attention without its regressor.",
+            help="Reference JCA heads: 'reference' (default) keeps their trained regressor in "
+            "compatibility mode ([V | X_att,v]); 'retrain' keeps the attention only, in the "
+            "paper's head, with an untrained regressor.",
+        ),
+    ] = None,
+    dimension: Annotated[
+        str | None,
+        typer.Option(
+            "--dimension", help="valence or arousal: what a one-output CVPRW JCA file regresses."
         ),
     ] = None,
     heads: Annotated[
@@ -391,13 +399,12 @@ def weights_import(
         raise usage("--name describes one source file")
     if features not in {None, "pool", "flat"}:
         raise usage("--features must be pool or flat")
-    if regressor not in {None, "retrain"}:
-        raise usage("--regressor takes 'retrain'")
-    options = {
-        k: v
-        for k, v in {"features": features, "regressor": regressor, "heads": heads}.items()
-        if v is not None
-    }
+    if regressor not in {None, *convert.JCA_REGRESSOR_MODES}:
+        raise usage(f"--regressor takes {' or '.join(convert.JCA_REGRESSOR_MODES)}")
+    if dimension not in {None, *convert.DIMENSIONS}:
+        raise usage("--dimension must be valence or arousal")
+    given = {"features": features, "regressor": regressor, "dimension": dimension, "heads": heads}
+    options = {k: v for k, v in given.items() if v is not None}
     from avemo import hub
 
     try:

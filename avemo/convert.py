@@ -30,6 +30,7 @@ import torch
 
 from avemo import hub, models
 from avemo.errors import AvemoError
+from avemo.metrics import DIMENSIONS  # option ``dimension``: what a one-output CVPRW file regresses
 from avemo.utils import sha256_file
 
 FORMATS = tuple(sorted(hub.IMPORT_FORMATS))
@@ -111,7 +112,7 @@ def _archive_member(path: Path, member: str | None) -> tuple[bytes, str] | None:
         raise AvemoError(f"corrupt zip archive ({error})", path) from None
 
 
-def _find_state_dict(obj: object, where: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+def _find_state_dict(obj: object, where: Path | None) -> tuple[dict[str, torch.Tensor], str | None]:
     """The state dict in a loaded object, and the wrapper key it was found under."""
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj), None
@@ -167,15 +168,27 @@ def read_source(path: str | os.PathLike, *, member: str | None = None) -> Source
     else:
         data, member = inner
         obj = _torch_load(data, path)
-    raw, wrapper = _find_state_dict(obj, path)
+    state, wrapper, parallel = unwrap(obj, path)
+    return Source(path, state, digest, member, wrapper, parallel)
+
+
+def unwrap(
+    obj: object, where: Path | None = None
+) -> tuple[dict[str, torch.Tensor], str | None, bool]:
+    """The flat state dict in what ``torch.load`` gave, without DataParallel's ``module.``.
+
+    Also the wrapper key it was under (``'net'``, ``'state_dict'``, ...) and whether its keys
+    carried the prefix.
+    """
+    raw, wrapper = _find_state_dict(obj, where)
     parallel = any(k.startswith(PARALLEL_PREFIX) for k in raw)
     state: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
         name = key.removeprefix(PARALLEL_PREFIX)
         if name in state:
-            raise AvemoError(f"key {name!r} appears with and without 'module.'", path)
+            raise AvemoError(f"key {name!r} appears with and without 'module.'", where)
         state[name] = value
-    return Source(path, state, digest, member, wrapper, parallel)
+    return state, wrapper, parallel
 
 
 # --- layouts: the key-mapping tables -----------------------------------------------------------
@@ -337,9 +350,19 @@ def _layout_cvpr_visual(state, options) -> Layout:
 
 # the joint cross-attention's own weights (SPEC 5.1): the reference's names are avemo's
 JCA_ATTENTION = r"(encoder[12]|affine_[av]|W_[ac]?[av]|W_h[av])\.(weight|bias)"
-JCA_REGRESSOR_NOTE = (
+JCA_REGRESSOR_MODES = ("reference", "retrain")  # option ``regressor``; the first is the default
+JCA_COMPAT_NOTE = (
+    "compatibility mode (regressor_input='reference'): the regressor reads [V | X_att,v] "
+    "({} inputs) as the reference code does, not the paper's [X_att,a | X_att,v]; the attended "
+    "audio is unused"
+)
+JCA_RETRAIN_NOTE = (
     "the reference regresses [V | X_att,v] ({} inputs), avemo's paper JCA [X_att,a | X_att,v] "
     "({} inputs): the regressor is untrained and must be trained (avemo train)"
+)
+JCA_ONE_DIMENSION_NOTE = (
+    "the CVPRW file regresses {} only (the reference trains one model per dimension): the "
+    "{} regressor is untrained and must be trained (avemo train)"
 )
 
 
@@ -360,43 +383,72 @@ def _jca_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
     }
 
 
-def _layout_jca_attention(fmt: str, description: str, regressors: str, state, options) -> Layout:
-    """A reference JCA (CVPRW fusion, journal CAM) as avemo's ``jca``: the attention weights.
+def _layout_jca(fmt: str, description: str, state, options) -> Layout:
+    """A reference JCA (CVPRW fusion file, journal ``cam.CAM``) as avemo's ``jca``.
 
-    Its regressor(s) cannot be kept (SPEC 5.1), so this needs ``regressor="retrain"``.
+    By default in compatibility mode (``regressor_input="reference"``): every weight kept, the
+    regressor reading ``[V | X_att,v]`` as the reference's. The journal file has ``vregressor``
+    and ``aregressor``; the CVPRW file one ``regressor``, which the reference trains for one
+    dimension (one output: ``dimension`` says which, the other dimension's regressor stays
+    untrained) or, with two outputs, for both. ``regressor="retrain"`` keeps the attention only,
+    in the paper's JCA, with an untrained regressor.
     """
     kwargs = _jca_kwargs(state)
-    first = _shape(state, f"{regressors.split('|')[0]}.0.weight") or (0, 0)
-    why = JCA_REGRESSOR_NOTE.format(first[1], 2 * kwargs["proj_dim"])
-    if options.get("regressor") != "retrain":
-        raise ValueError(
-            f"{why}; pass regressor='retrain' (--regressor retrain) to import the "
-            "attention weights with an untrained regressor"
+    separate = "vregressor.0.weight" in state
+    names = ("vregressor", "aregressor") if separate else ("regressor",)
+    inputs = (_shape(state, f"{names[0]}.0.weight") or (0, 0))[1]
+    outputs = (_shape(state, f"{names[0]}.2.weight") or (0,))[0]
+    reference = rf"({'|'.join(names)})\.(\d+)\.(weight|bias)"
+    attention = (JCA_ATTENTION, r"\1.\2")
+    mode = options.get("regressor") or JCA_REGRESSOR_MODES[0]
+    dimension = options.get("dimension")
+    if mode not in JCA_REGRESSOR_MODES:
+        raise ValueError(f"regressor must be one of {', '.join(JCA_REGRESSOR_MODES)}, not {mode!r}")
+    if dimension not in (None, *DIMENSIONS):
+        raise ValueError(f"dimension must be valence or arousal, not {dimension!r}")
+    if mode == "retrain":
+        why = JCA_RETRAIN_NOTE.format(inputs, 2 * kwargs["proj_dim"])
+        return Layout(
+            fmt,
+            description + ", attention only",
+            (Part("head", "jca", kwargs, (attention,), untrained=((r"regressor\..+", why),)),),
+            ignored=((reference, "the reference's regressor"),),
+            trained=False,
         )
-    return Layout(
-        fmt,
-        description,
-        (
-            Part(
-                "head",
-                "jca",
-                kwargs,
-                ((JCA_ATTENTION, r"\1.\2"),),
-                untrained=((r"regressor\..+", why),),
-            ),
-        ),
-        ignored=((rf"({regressors})\.\d+\.(weight|bias)", "the reference's regressor"),),
-        trained=False,
-    )
+    kwargs["regressor_input"] = "reference"
+    notes = (JCA_COMPAT_NOTE.format(inputs),)
+    description += ", compatibility mode"
+    if separate or outputs == 2:
+        if dimension is not None:
+            raise ValueError(
+                f"dimension is for a one-output CVPRW regressor; this file has {outputs}"
+            )
+        kwargs["regressors"] = "separate" if separate else "joint"
+        rules = (attention, (reference, r"\1.\2.\3"))
+        return Layout(fmt, description, (Part("head", "jca", kwargs, rules),), notes=notes)
+    if outputs != 1:
+        raise ValueError(f"the regressor has {outputs} outputs: avemo takes 1 or 2")
+    if dimension is None:
+        raise ValueError(
+            "this CVPRW fusion file regresses one dimension (regressor.2 has 1 output; the "
+            "reference trains valence and arousal in separate runs): say which with dimension="
+            "'valence' or 'arousal' (--dimension; the other dimension's regressor stays "
+            "untrained), or import the attention only with regressor='retrain' (--regressor "
+            "retrain)"
+        )
+    other = DIMENSIONS[1 - DIMENSIONS.index(dimension)]
+    kwargs["regressors"] = "separate"
+    rules = (attention, (r"regressor\.(\d+)\.(weight|bias)", rf"{dimension[0]}regressor.\1.\2"))
+    why = JCA_ONE_DIMENSION_NOTE.format(dimension, other)
+    part = Part("head", "jca", kwargs, rules, untrained=((rf"{other[0]}regressor\..+", why),))
+    return Layout(fmt, f"{description}, {dimension} only", (part,), notes=notes, trained=False)
 
 
 def _layout_jca_cvpr(state, options) -> Layout:
     if any(k.startswith(("i3d_WSDDA.", "temporal.")) for k in state):
         return _layout_cvpr_visual(state, options)
     if "encoder1.weight" in state:
-        return _layout_jca_attention(
-            "jca-cvpr", "CVPRW JCA fusion head (CAM)", "regressor", state, options
-        )
+        return _layout_jca("jca-cvpr", "CVPRW JCA fusion head (CAM)", state, options)
     raise ValueError(
         "neither the CVPRW I3D+TCN file (i3d_WSDDA.*, temporal.*) nor its fusion head "
         "(encoder1.*, affine_a.*, regressor.*)"
@@ -405,13 +457,8 @@ def _layout_jca_cvpr(state, options) -> Layout:
 
 def _layout_jca_journal(state, options) -> Layout:
     if "encoder1.weight" in state:  # SPEC 5.1: the CAM of the journal code (L = 16)
-        return _layout_jca_attention(
-            "jca-journal",
-            "journal JCA, joint cross-attention layout (cam.CAM)",
-            "vregressor|aregressor",
-            state,
-            options,
-        )
+        description = "journal JCA, joint cross-attention layout (cam.CAM)"
+        return _layout_jca("jca-journal", description, state, options)
     if any(k.startswith("coattn.dcn_layers.") for k in state):  # SPEC 5.2
         return _layout_jca_tbiom(state, options)
     raise ValueError(
@@ -505,7 +552,7 @@ OPTIONS = {
     "torchvision": {"features", "arch"},
     "tsav": {"features"},
     "pytorch-i3d": set(),
-    "jca-cvpr": {"regressor"},
+    "jca-cvpr": {"regressor", "dimension"},
     "jca-journal": {"regressor"},
     "jmt": {"heads"},
 }
@@ -784,47 +831,76 @@ class Imported:
     provenance: dict
 
 
-def convert(
-    source: Source, fmt: str, *, entry: hub.Weights | None = None, **options
-) -> list[Imported]:
-    """Turn a read source into filled avemo modules (nothing written)."""
+def fill_layout(
+    state: Mapping[str, torch.Tensor], fmt: str, where: Path | None = None, **options
+) -> tuple[Layout, Mapped, list[tuple[Part, torch.nn.Module, list[str]]]]:
+    """A reference state dict (``module.`` stripped) in avemo modules, by ``fmt``'s tables.
+
+    Returns the layout, how the keys were mapped, and per part its filled module and notes.
+    Every problem is an :class:`AvemoError` naming ``where`` and the keys.
+    """
     if fmt not in LAYOUTS:
         raise AvemoError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     unused = sorted(set(options) - OPTIONS[fmt])
     if unused:
         raise AvemoError(f"option {', '.join(unused)} does not apply to format {fmt}")
-    state = source.state
     looks_like = detect_format(state)
     if looks_like not in {fmt, None}:
-        raise AvemoError(
-            f"not a {fmt} checkpoint: it looks like --format {looks_like}", source.path
-        )
+        raise AvemoError(f"not a {fmt} checkpoint: it looks like --format {looks_like}", where)
     try:
         layout = LAYOUTS[fmt](state, options)
         mapped = map_keys(state, layout)
     except ValueError as error:
-        raise AvemoError(f"cannot import as {fmt}: {error}", source.path) from None
+        raise AvemoError(f"cannot import as {fmt}: {error}", where) from None
     if mapped.unknown:
         raise AvemoError(
             f"{len(mapped.unknown)} key(s) of this {fmt} file have no place in avemo "
             f"({layout.description}): {_listing(mapped.unknown)}",
-            source.path,
+            where,
         )
-    out = []
+    filled = []
     for part in layout.parts:
         tensors = mapped.parts[part.role]
         if not tensors:
-            raise AvemoError(f"no {part.role} weights found for {part.builder}", source.path)
+            raise AvemoError(f"no {part.role} weights found for {part.builder}", where)
         try:
             module, notes = build_filled(part, tensors)
         except ValueError as error:
             raise AvemoError(
-                f"does not fit {part.role} {part.builder} ({layout.description}): {error}",
-                source.path,
+                f"does not fit {part.role} {part.builder} ({layout.description}): {error}", where
             ) from None
-        record = provenance(source, fmt, layout, entry, ignored=mapped.ignored, notes=notes)
-        out.append(Imported(part.role, module, record))
-    return out
+        filled.append((part, module, notes))
+    return layout, mapped, filled
+
+
+def convert(
+    source: Source, fmt: str, *, entry: hub.Weights | None = None, **options
+) -> list[Imported]:
+    """Turn a read source into filled avemo modules (nothing written)."""
+    layout, mapped, filled = fill_layout(source.state, fmt, source.path, **options)
+    return [
+        Imported(
+            part.role,
+            module,
+            provenance(source, fmt, layout, entry, ignored=mapped.ignored, notes=notes),
+        )
+        for part, module, notes in filled
+    ]
+
+
+def state_dicts(checkpoint: Mapping, fmt: str, **options) -> dict[str, dict[str, torch.Tensor]]:
+    """A reference checkpoint already in memory as avemo state dicts, one per part.
+
+    ``checkpoint`` is what ``torch.load`` gives for a published file (wrapped in ``'net'`` or
+    ``'state_dict'`` or not, with ``module.`` prefixes or not). The result maps each part's role
+    (``"visual"``, ``"audio"``, ``"head"``) to a state dict that the avemo module of that part
+    loads with ``strict=True``; it goes through the same key tables and checks as
+    :func:`import_weights` (unknown, missing or mis-shaped keys are an :class:`AvemoError`), so
+    this is the one place where reference layouts are converted. ``options`` as there.
+    """
+    state, _, _ = unwrap(checkpoint)
+    _, _, filled = fill_layout(state, fmt, **options)
+    return {part.role: module.state_dict() for part, module, _ in filled}
 
 
 def load_source(
@@ -883,8 +959,10 @@ def import_weights(
     look like. ``name`` says which manifest entry a plain file is (for provenance and licence;
     by default a file is matched by its sha256). ``member`` picks the checkpoint inside a zip
     archive. ``options`` are format-specific: ``features="flat"`` (R(2+1)D/R3D layer4 features
-    of ``tsav``/``torchvision``), ``regressor="retrain"`` (reference JCA heads whose regressor
-    cannot be kept), ``heads=N`` (JMT attention heads). Existing outputs are kept unless
+    of ``tsav``/``torchvision``), ``regressor="retrain"`` (a reference JCA's attention only, in
+    the paper's head, instead of the default compatibility mode), ``dimension="valence"`` or
+    ``"arousal"`` (what a one-output CVPRW fusion file regresses), ``heads=N`` (JMT attention
+    heads). Existing outputs are kept unless
     ``overwrite``.
     """
     parts, stem = load_source(src, fmt, name=name, member=member, **options)

@@ -29,11 +29,19 @@ DROPOUT = 0.6  # regressor dropout
 MODAL_DIM = 32  # leader-follower: query/key/value width per modality
 OUTPUTS = 2  # valence, arousal
 SEQ_LEN = 8  # clips per sequence of the CVPRW JCA
+# what the JCA's regressor reads: the paper's [X_att,a | X_att,v], or the reference code's
+# [V | X_att,v] (raw visual features and attended visual; SPEC 5.1's compatibility mode)
+REGRESSOR_INPUTS = ("attended", "reference")
+# one regressor with 2 outputs (`regressor`), or one per dimension with 1 output each
+# (`vregressor`, `aregressor`: the journal code's CAM)
+REGRESSOR_LAYOUTS = ("joint", "separate")
 
 
-def regressor(in_dim: int, hidden: int = HIDDEN_DIM, dropout: float = DROPOUT) -> nn.Sequential:
-    """Linear(in, 128) -> Dropout(0.6) -> Linear(128, 2), as the JCA's (keys ``.0``, ``.2``)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, OUTPUTS))
+def regressor(
+    in_dim: int, hidden: int = HIDDEN_DIM, dropout: float = DROPOUT, outputs: int = OUTPUTS
+) -> nn.Sequential:
+    """Linear(in, 128) -> Dropout(0.6) -> Linear(128, outputs): the JCA's (keys ``.0``, ``.2``)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
 
 @register("jca", "head")
@@ -45,6 +53,17 @@ class JCA(nn.Module):
     W_a X_a^T)``, ``X_att,a = (W_ha H_a)^T + X_a``, and likewise for the visual side; the output
     regresses ``[X_att,a | X_att,v]``. Parameter names are the reference's (``affine_a`` is
     W_ja, ``affine_v`` W_jv, ...).
+
+    Compatibility with the reference code (the defaults are the paper's):
+
+    - ``regressor_input="reference"`` regresses ``[V | X_att,v]`` (the raw visual features and
+      the attended visual ones, ``visual_dim + 128`` inputs: 640 for 512-d features) as the CVPRW
+      and journal CAM code does, so that their trained regressors can be kept. The attended audio
+      is then unused: ``affine_a``, ``W_a``, ``W_ca`` and ``W_ha`` do not affect the output (they
+      are kept so the reference's state dict loads, and ``return_attended`` still gives it).
+    - ``regressors="separate"`` has one regressor per dimension, ``vregressor`` and
+      ``aregressor`` (each ``Linear -> Dropout -> Linear(hidden, 1)``), as the journal CAM
+      (``encoder1.weight`` layout, L = 16); ``"joint"`` has one ``regressor`` with 2 outputs.
     """
 
     def __init__(
@@ -56,10 +75,17 @@ class JCA(nn.Module):
         attn_dim: int = ATTN_DIM,
         hidden: int = HIDDEN_DIM,
         dropout: float = DROPOUT,
+        regressor_input: str = "attended",
+        regressors: str = "joint",
     ):
         super().__init__()
+        if regressor_input not in REGRESSOR_INPUTS:
+            raise ValueError(f"regressor_input must be one of {REGRESSOR_INPUTS}")
+        if regressors not in REGRESSOR_LAYOUTS:
+            raise ValueError(f"regressors must be one of {REGRESSOR_LAYOUTS}")
         joint = 2 * proj_dim
         self.scale = 1.0 / math.sqrt(joint)
+        self.reference_input = regressor_input == "reference"
         self.encoder1 = nn.Linear(audio_dim, proj_dim)
         self.encoder2 = nn.Linear(visual_dim, proj_dim)
         self.affine_a = nn.Linear(seq_len, seq_len, bias=False)
@@ -70,7 +96,12 @@ class JCA(nn.Module):
         self.W_cv = nn.Linear(joint, attn_dim, bias=False)
         self.W_ha = nn.Linear(attn_dim, seq_len, bias=False)
         self.W_hv = nn.Linear(attn_dim, seq_len, bias=False)
-        self.regressor = regressor(joint, hidden, dropout)
+        in_dim = visual_dim + proj_dim if self.reference_input else joint
+        if regressors == "joint":
+            self.regressor = regressor(in_dim, hidden, dropout)
+        else:
+            self.vregressor = regressor(in_dim, hidden, dropout, outputs=1)
+            self.aregressor = regressor(in_dim, hidden, dropout, outputs=1)
 
     def _attend(self, x, joint, affine, w_x, w_c, w_h) -> torch.Tensor:
         """One modality: ``x`` B x L x 128, ``joint`` B x L x 256 -> attended B x L x 128."""
@@ -79,13 +110,21 @@ class JCA(nn.Module):
         attn = torch.relu(w_c(corr) + w_x(x.transpose(1, 2)))  # H: B x 128 x k
         return w_h(attn).transpose(1, 2) + x
 
+    def _regress(self, features: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "regressor"):
+            return self.regressor(features)
+        return torch.cat([self.vregressor(features), self.aregressor(features)], dim=-1)
+
     def forward(self, audio: torch.Tensor, visual: torch.Tensor, return_attended: bool = False):
         """``B x L x 2``; with ``return_attended`` also ``(X_att,a, X_att,v)``, ``B x L x 128``."""
         x_a, x_v = self.encoder1(audio), self.encoder2(visual)
         joint = torch.cat([x_a, x_v], dim=-1)
-        att_a = self._attend(x_a, joint, self.affine_a, self.W_a, self.W_ca, self.W_ha)
         att_v = self._attend(x_v, joint, self.affine_v, self.W_v, self.W_cv, self.W_hv)
-        out = self.regressor(torch.cat([att_a, att_v], dim=-1))
+        att_a = None
+        if return_attended or not self.reference_input:
+            att_a = self._attend(x_a, joint, self.affine_a, self.W_a, self.W_ca, self.W_ha)
+        first = visual if self.reference_input else att_a
+        out = self._regress(torch.cat([first, att_v], dim=-1))
         return (out, (att_a, att_v)) if return_attended else out
 
 

@@ -1,14 +1,18 @@
 """I3D (Inception-v1 inflated) with every temporal stride 1, and the TCN over its 7 steps (SPEC 4).
 
 :class:`InceptionI3d` keeps the parameter names of the public pytorch-i3d ``InceptionI3d``
-(``Conv3d_1a_7x7.conv3d.weight``, ``Mixed_3b.b1b.bn.running_mean``, ...) so that its checkpoints
-(``rgb_imagenet.pt``, ``rgb_charades.pt``) load without renaming; their ``logits.*`` are dropped
-on load, as features never use them. Clips ``B x 3 x 8 x 224 x 224`` -> ``B x 1024 x 7``.
+(``Conv3d_1a_7x7.conv3d.weight``, ``Mixed_3b.b1b.bn.running_mean``, ...), so that its checkpoints
+(``rgb_imagenet.pt``, ``rgb_charades.pt``) need no renaming. Clips ``B x 3 x 8 x 224 x 224`` ->
+``B x 1024 x 7``.
 
 :class:`TemporalConvNet` is the CVPRW JCA's TCN (4 causal levels, dilations 1, 2, 4, 8, 512
-channels, kernel 5, weight-normed convolutions). Its checkpoints store the weight norm the old
-way (``weight_g``/``weight_v``) and hold each convolution twice (``conv1.*`` and ``net.0.*``);
-both load. :func:`i3d_tcn` chains the two and takes the max over time: one 512-vector per clip.
+channels, kernel 5, weight-normed convolutions). :func:`i3d_tcn` chains the two and takes the
+max over time: one 512-vector per clip.
+
+Published checkpoints go through ``avemo.convert`` (formats ``pytorch-i3d`` and ``jca-cvpr``),
+which checks every key: the unused ``logits.*``, the CVPRW file's old-style weight norm
+(``weight_g``/``weight_v``) and its second name of each TCN convolution (``net.0.*`` beside
+``conv1.*``, which must hold the same tensor).
 """
 
 from __future__ import annotations
@@ -135,19 +139,12 @@ class InceptionI3d(nn.Module):
         for name, in_channels, widths in INCEPTION_BLOCKS[7:]:
             self.add_module(name, InceptionBlock(in_channels, widths))
         self.avg_pool = nn.AvgPool3d(I3D_FINAL_POOL, stride=1)
-        self.register_load_state_dict_pre_hook(_drop_logits)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         x = clips
         for name in END_POINTS:
             x = getattr(self, name)(x)
         return self.avg_pool(x).flatten(2)  # B x 1024 x T' (the 1 x 1 space squeezed)
-
-
-def _drop_logits(module, state_dict, prefix, *args) -> None:
-    """pytorch-i3d checkpoints carry the classifier ``logits.*``; features never use it."""
-    for key in [k for k in state_dict if k.startswith(prefix + "logits.")]:
-        del state_dict[key]
 
 
 class TemporalBlock(nn.Module):
@@ -163,7 +160,6 @@ class TemporalBlock(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.downsample = nn.Conv1d(n_in, n_out, 1) if n_in != n_out else None
-        self.register_load_state_dict_pre_hook(_drop_aliases)
 
     def _half(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = conv(x)[..., : -self.chomp] if self.chomp else conv(x)
@@ -173,21 +169,6 @@ class TemporalBlock(nn.Module):
         out = self._half(self.conv2, self._half(self.conv1, x))
         residual = x if self.downsample is None else self.downsample(x)
         return F.leaky_relu(out + residual, TCN_SLOPE)
-
-
-# the reference holds each convolution twice: conv1 is also net.0, conv2 also net.4
-_ALIASES = {"net.0.": "conv1.", "net.4.": "conv2."}
-
-
-def _drop_aliases(module, state_dict, prefix, *args) -> None:
-    """Fold the reference's ``net.0.*``/``net.4.*`` aliases into ``conv1.*``/``conv2.*``.
-
-    Old-style ``weight_g``/``weight_v`` are then converted by torch's weight-norm hook.
-    """
-    for alias, name in _ALIASES.items():
-        for key in [k for k in state_dict if k.startswith(prefix + alias)]:
-            value = state_dict.pop(key)
-            state_dict.setdefault(prefix + name + key[len(prefix + alias) :], value)
 
 
 class TemporalConvNet(nn.Module):
@@ -253,22 +234,3 @@ def i3d() -> I3DPool:
     module = I3DPool()
     module.avemo_preprocessing = visual_preprocessing(I3D_CLIP_SIZE, I3D_MEAN, I3D_STD)
     return module
-
-
-def cvpr_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """The CVPRW I3D+TCN checkpoint (SPEC 10) as a state dict for :func:`i3d_tcn`.
-
-    Unwraps ``{'net': ...}``, strips DataParallel's ``module.``, renames ``i3d_WSDDA.`` to
-    ``i3d.``, and drops the reference's ``regressor.*``/``predictions.*`` heads. The weight-norm
-    and alias forms of the TCN are left for :class:`TemporalBlock` to fold on load.
-    """
-    state = checkpoint.get("net", checkpoint)
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")
-        if key.startswith(("regressor.", "predictions.")):
-            continue
-        if key.startswith("i3d_WSDDA."):
-            key = "i3d." + key[len("i3d_WSDDA.") :]
-        out[key] = value
-    return out

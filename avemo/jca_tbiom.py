@@ -12,7 +12,8 @@ R(2+1)D layer4 output flattened (``B x L x 25088``, builder ``r2plus1d_18`` with
 4. one regressor per output (``vregressor``, ``aregressor``).
 
 Parameter names are the reference's (``video_attn.attn.*``, ``coattn.dcn_layers.0.*``,
-``Joint.*``), so its checkpoint loads after stripping a DataParallel ``module.`` prefix.
+``Joint.*``); ``avemo.convert`` (format ``jca-journal``) strips the DataParallel ``module.``
+prefix and loads its checkpoint strictly.
 """
 
 from __future__ import annotations
@@ -161,8 +162,3 @@ class JCATBIOM(nn.Module):
             video, audio = layer(video, audio)
         joint = self.Joint(torch.cat([video, audio], dim=-1))
         return torch.cat([self.vregressor(joint), self.aregressor(joint)], dim=-1)
-
-
-def reference_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A ``jointcam_model.pt`` state dict (5.2 layout) without DataParallel's ``module.``."""
-    return {key.removeprefix("module."): value for key, value in state_dict.items()}

@@ -11,7 +11,8 @@ a<-joint]. Two output modes:
   tokens through one more encoder block and a bare attention; the last token (a<-joint) -> heads.
 
 Parameter names are the reference's (``mm_transformer.visual_encoder.layers.0.attention.*``,
-``vregressor.0.*``, ...) without its unused ``final_encoder``. Attention weights are softmax,
+``vregressor.0.*``, ...) without its unused ``final_encoder`` (``avemo.convert``, format
+``jmt``, maps the reference's checkpoint). Attention weights are softmax,
 as in the reference code, by default; ``attention="sigmoid"`` follows the paper. Unlike the
 reference, whose FC mode returns time-major output, everything here is batch-major.
 """
@@ -182,13 +183,3 @@ class JMT(nn.Module):
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         fused = self.mm_transformer(F.normalize(audio, dim=-1), F.normalize(visual, dim=-1))
         return torch.cat([self.vregressor(fused), self.aregressor(fused)], dim=-1)
-
-
-def reference_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A JMT ``fusion_w.pt`` state dict without ``module.`` and the unused ``final_encoder``."""
-    out = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.")
-        if not key.startswith("mm_transformer.final_encoder."):
-            out[key] = value
-    return out

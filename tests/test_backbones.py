@@ -13,7 +13,7 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import backbones, models
+from avemo import backbones, convert, models
 
 SMALL_CLIPS = (2, 3, 8, 16, 16)  # B x 3 x T x H x W, small enough for fast tests
 
@@ -137,6 +137,7 @@ def tsav_shapes() -> dict[str, tuple]:
 
 
 def test_tsav_checkpoint_layout_loads():
+    """Through avemo.convert's strict tables: the stem reduced to RGB, fc.1 unused."""
     generator = torch.Generator().manual_seed(0)
     checkpoint = {
         k: torch.zeros((), dtype=torch.long)
@@ -144,7 +145,7 @@ def test_tsav_checkpoint_layout_loads():
         else torch.randn(s, generator=generator)
         for k, s in tsav_shapes().items()
     }
-    parts = backbones.tsav_state_dicts(checkpoint)
+    parts = convert.state_dicts({"state_dict": checkpoint}, "tsav")
     visual, audio = models.build("r2plus1d_18"), models.build("audio_resnet18")
     visual.load_state_dict(parts["visual"], strict=True)
     audio.load_state_dict(parts["audio"], strict=True)

@@ -306,44 +306,131 @@ def test_jca_cvpr_visual_backbone(tmp_path, i3d_tcn):
 # --- fusion heads ------------------------------------------------------------------------------
 
 
-def reference_jca(seq_len: int, regressors: dict[str, int]) -> tuple[dict, nn.Module]:
-    """A reference CAM state dict (SPEC 5.1 names) from avemo's jca with the same attention."""
-    own = build("jca", seed=4, seq_len=seq_len)
-    state = {k: v for k, v in own.state_dict().items() if not k.startswith("regressor.")}
-    for name, inputs in regressors.items():  # Linear(640, 128) -> Dropout -> Linear(128, 1)
-        state[f"{name}.0.weight"] = torch.randn(128, inputs)
-        state[f"{name}.0.bias"] = torch.randn(128)
-        state[f"{name}.2.weight"] = torch.randn(1, 128)
-        state[f"{name}.2.bias"] = torch.randn(1)
-    return state, own
+COMPAT = {"regressor_input": "reference"}  # heads.JCA's mode for the reference's regressors
+
+
+def reference_jca(tmp_path: Path, own: nn.Module, wrap: bool = True) -> Path:
+    """A reference CAM file (SPEC 5.1 names, 640-input regressors) holding ``own``'s weights.
+
+    The CVPRW code saves ``{'net': cam.state_dict()}``; the journal's is kept under DataParallel.
+    """
+    state = {f"module.{k}": v for k, v in own.state_dict().items()}
+    path = tmp_path / "fusion.t7"
+    torch.save({"net": state, "best_Val_acc": np.float64(0.5)} if wrap else state, path)
+    return path
+
+
+def head_outputs(module: nn.Module, seq_len: int) -> tuple[torch.Tensor, ...]:
+    """Outputs and attended features of a JCA head on fixed random inputs."""
+    generator = torch.Generator().manual_seed(9)
+    audio = torch.randn(2, seq_len, 512, generator=generator)
+    visual = torch.randn(2, seq_len, 512, generator=generator)
+    with torch.no_grad():
+        out, (att_a, att_v) = module.eval()(audio, visual, return_attended=True)
+    return out, att_a, att_v
 
 
 @pytest.mark.parametrize(
     ("fmt", "seq_len", "regressors"),
-    [
-        ("jca-cvpr", 8, {"regressor": 640}),
-        ("jca-journal", 16, {"vregressor": 640, "aregressor": 640}),
-    ],
+    [("jca-journal", 16, "separate"), ("jca-cvpr", 8, "joint")],
 )
-def test_reference_jca_keeps_attention_only(tmp_path, fmt, seq_len, regressors):
-    state, own = reference_jca(seq_len, regressors)
+def test_reference_jca_imports_trained_in_compatibility_mode(tmp_path, fmt, seq_len, regressors):
+    """The journal CAM (vregressor/aregressor) and a CVPRW CAM with a 2-output regressor."""
+    own = build("jca", seed=4, seq_len=seq_len, regressors=regressors, **COMPAT)
+    state = own.state_dict()
+    heads = ["vregressor", "aregressor"] if regressors == "separate" else ["regressor"]
+    for name in heads:  # SPEC 5.1/10: 640 inputs (V 512 + X_att,v 128), 1 output per dimension
+        assert state[f"{name}.0.weight"].shape == (128, 640)
+        assert state[f"{name}.2.weight"].shape == (2 // len(heads), 128)
     assert state["affine_a.weight"].shape == (seq_len, seq_len)
-    assert state["W_ca.weight"].shape == (32, 256) and state["W_ha.weight"].shape == (seq_len, 32)
-    path = tmp_path / "fusion.t7"
-    torch.save({"net": {f"module.{k}": v for k, v in state.items()}}, path)
-    with pytest.raises(AvemoError, match=r"\(640 inputs\).*\(256 inputs\).*--regressor retrain"):
-        convert.import_weights(path, fmt, tmp_path / "head.safetensors")
+    path = reference_jca(tmp_path, own, wrap=fmt == "jca-cvpr")
+    (out,) = convert.import_weights(path, None, tmp_path / "head.safetensors")  # detected
+    config = header(out)
+    assert config["builder"] == "jca"
+    assert config["kwargs"] == {
+        "audio_dim": 512,
+        "visual_dim": 512,
+        "seq_len": seq_len,
+        "proj_dim": 128,
+        "attn_dim": 32,
+        "regressor_input": "reference",
+        "regressors": regressors,
+    }
+    provenance = config["provenance"]
+    assert provenance["trained"] is True and provenance["import_format"] == fmt
+    assert "compatibility mode" in provenance["layout"]
+    assert any("[V | X_att,v] (640 inputs)" in note for note in provenance["notes"])
+    # the same weights loaded by name into the compatibility-mode module
+    fresh = models.build("jca", seq_len=seq_len, regressors=regressors, **COMPAT)
+    fresh.load_state_dict(state, strict=True)
+    imported = head_outputs(models.load(out), seq_len)
+    for got, want in zip(imported, head_outputs(fresh, seq_len), strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def cvpr_one_dimension(tmp_path: Path) -> tuple[Path, nn.Module]:
+    """The CVPRW CAM as its code trains it: one regressor Linear(640,128) -> Linear(128, 1).
+
+    Built from a compatibility-mode head with separate regressors whose ``vregressor`` holds
+    the file's regressor: the valence channel of that head is the file's output.
+    """
+    own = build("jca", seed=5, seq_len=8, regressors="separate", **COMPAT)
+    state = {
+        k.replace("vregressor.", "regressor."): v
+        for k, v in own.state_dict().items()
+        if not k.startswith("aregressor.")
+    }
+    assert state["regressor.0.weight"].shape == (128, 640)
+    assert state["regressor.2.weight"].shape == (1, 128)
+    path = tmp_path / "jca_cvpr_fusion.t7"
+    torch.save({"net": state, "best_Val_acc": np.float64(0.5), "best_Val_acc_epoch": 3}, path)
+    return path, own
+
+
+@pytest.mark.parametrize("dimension", ["valence", "arousal"])
+def test_cvpr_one_dimension_file(tmp_path, dimension):
+    path, own = cvpr_one_dimension(tmp_path)
+    with pytest.raises(AvemoError, match=r"regresses one dimension.*--dimension.*--regressor"):
+        convert.import_weights(path, "jca-cvpr", tmp_path / "head.safetensors")
+    (out,) = convert.import_weights(
+        path, "jca-cvpr", tmp_path / "head.safetensors", dimension=dimension
+    )
+    config = header(out)
+    assert config["kwargs"]["regressors"] == "separate"
+    assert config["kwargs"]["regressor_input"] == "reference"
+    provenance = config["provenance"]
+    assert provenance["trained"] is False  # the other dimension's regressor is untrained
+    other = "arousal" if dimension == "valence" else "valence"
+    assert any(f"regresses {dimension} only" in n and other in n for n in provenance["notes"])
+    imported = models.load(out)
+    got, want = head_outputs(imported, 8), head_outputs(own, 8)
+    channel = 0 if dimension == "valence" else 1
+    assert torch.allclose(got[0][..., channel], want[0][..., 0], atol=1e-5)
+    assert torch.allclose(got[2], want[2], atol=1e-5)  # X_att,v
+    # a two-output file takes no --dimension
+    two = build("jca", seq_len=8, **COMPAT)
+    torch.save({"net": two.state_dict()}, path)
+    with pytest.raises(AvemoError, match="dimension is for a one-output CVPRW regressor"):
+        convert.import_weights(path, "jca-cvpr", tmp_path / "x.safetensors", dimension=dimension)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "seq_len", "regressors"),
+    [("jca-cvpr", 8, "joint"), ("jca-journal", 16, "separate")],
+)
+def test_reference_jca_retrain_keeps_attention_only(tmp_path, fmt, seq_len, regressors):
+    own = build("jca", seed=4, seq_len=seq_len, regressors=regressors, **COMPAT)
+    path = reference_jca(tmp_path, own)
     (out,) = convert.import_weights(path, fmt, tmp_path / "head.safetensors", regressor="retrain")
     head = header(out)
     assert head["builder"] == "jca" and head["kwargs"]["seq_len"] == seq_len
+    assert "regressor_input" not in head["kwargs"]  # the paper's head
     assert head["provenance"]["trained"] is False  # its regressor is untrained
     assert any("regressor" in note and "untrained" in note for note in head["provenance"]["notes"])
-    imported = models.load(out)
-    audio, visual = torch.randn(2, seq_len, 512), torch.randn(2, seq_len, 512)
-    with torch.no_grad():
-        _, (att_a, att_v) = imported(audio, visual, return_attended=True)
-        _, (want_a, want_v) = own(audio, visual, return_attended=True)
-    assert torch.allclose(att_a, want_a, atol=1e-5) and torch.allclose(att_v, want_v, atol=1e-5)
+    _, *attended = head_outputs(models.load(out), seq_len)
+    _, *want = head_outputs(own, seq_len)
+    for got, expected in zip(attended, want, strict=True):
+        assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_jca_journal_released_layout(tmp_path):
@@ -546,3 +633,20 @@ def test_cli_import(tmp_path, tbiom_state):
     assert result.exit_code == 2 and "did you mean jca-journal" in result.output
     result = invoke(str(path), str(path), "-o", str(tmp_path / "x.safetensors"))
     assert result.exit_code == 2 and "--pipeline" in result.output
+
+
+def test_cli_jca_regressor_options(tmp_path):
+    path, _ = cvpr_one_dimension(tmp_path)
+    out = tmp_path / "head.safetensors"
+    result = invoke(str(path), "-o", str(out))
+    assert result.exit_code == 1 and "regresses one dimension" in result.output
+    result = invoke(str(path), "--dimension", "dominance", "-o", str(out))
+    assert result.exit_code == 2 and "--dimension must be valence or arousal" in result.output
+    result = invoke(str(path), "--regressor", "keep", "-o", str(out))
+    assert result.exit_code == 2 and "--regressor takes reference or retrain" in result.output
+    result = invoke(str(path), "--dimension", "arousal", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert header(out)["kwargs"]["regressors"] == "separate"
+    result = invoke(str(path), "--regressor", "retrain", "-o", str(out), "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "regressor_input" not in header(out)["kwargs"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from modelcheck import assert_gradients, assert_round_trip, parameter_count
 
-from avemo import i3d, models
+from avemo import convert, i3d, models
 
 # Inception-v1 (GoogLeNet) channel table: input, then (b0, b1a, b1b, b2a, b2b, b3b) per block
 INCEPTION_V1 = [
@@ -78,13 +78,16 @@ def test_i3d_parameters_and_names():
 
 
 def test_pytorch_i3d_checkpoint_loads_with_logits():
-    model = i3d.InceptionI3d()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    """pytorch-i3d's names are avemo's; its unused logits.* are dropped by avemo.convert."""
+    model = models.build("i3d")
+    state = {k: v.clone() for k, v in model.i3d.state_dict().items()}
     state["logits.conv3d.weight"] = torch.randn(400, 1024, 1, 1, 1)
     state["logits.conv3d.bias"] = torch.randn(400)
     state["Conv3d_1a_7x7.conv3d.weight"] = torch.randn(64, 3, 7, 7, 7)
-    model.load_state_dict(state, strict=True)
-    assert torch.equal(model.Conv3d_1a_7x7.conv3d.weight, state["Conv3d_1a_7x7.conv3d.weight"])
+    with pytest.raises(RuntimeError, match="logits"):  # the module itself drops nothing
+        model.i3d.load_state_dict(state, strict=True)
+    model.load_state_dict(convert.state_dicts(state, "pytorch-i3d")["visual"], strict=True)
+    assert torch.equal(model.i3d.Conv3d_1a_7x7.conv3d.weight, state["Conv3d_1a_7x7.conv3d.weight"])
 
 
 def test_i3d_tcn_paper_size():
@@ -141,7 +144,8 @@ def tcn_reference_state(tcn: i3d.TemporalConvNet, prefix: str) -> dict[str, torc
 
 
 def test_cvpr_checkpoint_layout_loads():
-    """``{'net': ...}`` with module.i3d_WSDDA.*, temporal weight_g/v and aliases, heads."""
+    """``{'net': ...}`` with module.i3d_WSDDA.*, temporal weight_g/v and aliases, heads, through
+    avemo.convert's strict tables."""
     model = models.build("i3d_tcn")
     state = {f"module.i3d_WSDDA.{k}": v.clone() for k, v in model.i3d.state_dict().items()}
     state["module.i3d_WSDDA.logits.conv3d.weight"] = torch.randn(400, 1024, 1, 1, 1)
@@ -149,7 +153,7 @@ def test_cvpr_checkpoint_layout_loads():
     state.update(tcn_reference_state(model.temporal, "module.temporal."))
     state["module.regressor.0.weight"] = torch.randn(128, 512)
     state["module.predictions.weight"] = torch.randn(2, 128)
-    model.load_state_dict(i3d.cvpr_state_dict({"net": state}), strict=True)
+    model.load_state_dict(convert.state_dicts({"net": state}, "jca-cvpr")["visual"], strict=True)
     conv = model.temporal.network[1].conv2
     g = state["module.temporal.network.1.conv2.weight_g"]
     v = state["module.temporal.network.1.conv2.weight_v"]

@@ -12,7 +12,7 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import jmt, models
+from avemo import convert, jmt, models
 
 SMALL = {"dim": 8, "heads": 2, "layers": 2, "ffn_dim": 6, "hidden": 5}
 MODES = ["fc", "self_attention"]
@@ -74,7 +74,10 @@ def test_parameter_count_and_reference_names(mode, expected):
     checkpoint["module.mm_transformer.final_encoder.layers.0.attention.in_proj_weight"] = (
         torch.zeros(9216, 3072)
     )
-    model.load_state_dict(jmt.reference_state_dict(checkpoint), strict=True)
+    converted = convert.state_dicts(checkpoint, "jmt")["head"]  # strict tables
+    assert converted.keys() == state.keys()
+    assert all(torch.equal(converted[k], v) for k, v in state.items())
+    model.load_state_dict(converted, strict=True)
 
 
 @pytest.mark.parametrize(
