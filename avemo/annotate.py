@@ -102,6 +102,20 @@ def check_runnable(spec: Model, *, allow_untrained: bool = False) -> None:
         )
 
 
+def default_bf16(kind: str, device: torch.device) -> bool:
+    """bf16 autocast unless asked otherwise: for pipelines on hardware with native bf16 (CPUs
+    with AVX512-BF16/AMX, recent GPUs), where it runs the 3D backbones about twice as fast; the
+    small expression model stays in float32."""
+    if kind != "pipeline":
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private API: absent means no fast path known
+        return False
+
+
 @functools.lru_cache(maxsize=2)
 def _load_module(path: str, sha256: str, device: str) -> torch.nn.Module:
     """The checkpoint's module on ``device``, loaded once per batch (keyed by content)."""
@@ -136,7 +150,7 @@ def annotate(
     smooth: bool = True,
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
-    bf16: bool = False,
+    bf16: bool | None = None,
     detector: str = "centerface",
     detector_model: str | os.PathLike | None = None,
     detect_size: int | None = None,
@@ -167,6 +181,7 @@ def annotate(
     stride = _stride(stride, spec.kind)
     torch_dev = torch_device(device)
     net = _load_module(str(spec.path), spec.sha256, str(torch_dev))
+    bf16 = default_bf16(spec.kind, torch_dev) if bf16 is None else bool(bf16)
     timer = Timer()
 
     found = _detector(detector, detector_model, detect_size, threshold, device)

@@ -177,6 +177,9 @@ def test_tiny_pipeline_runs_end_to_end_and_strides_agree(carphone, trained_pipel
     check_table(default, frames)
     stride = default.attrs["avemo"]["settings"]["stride"]
     assert stride == annotate_module.DEFAULT_STRIDE["pipeline"]
+    automatic = annotate_module.default_bf16("pipeline", torch.device("cpu"))
+    assert default.attrs["avemo"]["settings"]["bf16"] == automatic
+    assert annotate_module.default_bf16("expression", torch.device("cpu")) is False
     # dense tiling puts the clip ending at a grid frame in the same sequence at every stride
     grid = np.arange(0, frames, stride)
     a = dense.loc[grid, ["valence", "arousal"]].to_numpy()
