@@ -32,7 +32,8 @@ DEFAULT_STRIDE = {"expression": 1, "pipeline": 8}
 # run the face detector on every 2nd frame (boxes and landmarks interpolated between): detection
 # is the costliest stage of the default model, and faces move little in 1/30 s
 DEFAULT_DETECT_EVERY = 2
-DEFAULT_BATCH_SIZE = 16  # clips (pipelines) or faces x 4 (expression model) per forward pass
+DEFAULT_BATCH_SIZE = 8  # clips (pipelines) or faces x 4 (expression model) per forward pass; on
+# 2 CPU cores larger batches are no faster and raise peak memory (benchmarks/annotate.py)
 COLUMNS = ("frame", "timestamp", "face_id", "success", "confidence", "valence", "arousal")
 BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
 RUNNABLE = ("expression", "pipeline")  # checkpoint components annotate can run
@@ -149,7 +150,7 @@ def annotate(
     stride: int | None = None,
     smooth: bool = True,
     device: str = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     bf16: bool | None = None,
     detector: str = "centerface",
     detector_model: str | os.PathLike | None = None,
@@ -176,6 +177,7 @@ def annotate(
     started = time.perf_counter()
     path = Path(path)
     detect_every = DEFAULT_DETECT_EVERY if detect_every is None else int(detect_every)
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
     spec = model if isinstance(model, Model) else resolve_model(model)
     check_runnable(spec, allow_untrained=allow_untrained)
     stride = _stride(stride, spec.kind)

@@ -134,8 +134,9 @@ def annotate(
     ] = "csv",
     device: Device = "auto",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")
-    ] = 16,
+        int | None,
+        typer.Option("--batch-size", min=1, help="Clips per forward pass (default 8)."),
+    ] = None,
     bf16: Annotated[
         bool | None,
         typer.Option(
