@@ -129,3 +129,14 @@ def unfinished_file(media_dir) -> Path:
 def bad_files(garbage_file, empty_file, no_video_file, unfinished_file) -> list[Path]:
     """Files every decoding entry point must reject with an AvemoError naming them."""
     return [garbage_file, empty_file, no_video_file, unfinished_file]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread (no OpenMP hand-offs on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

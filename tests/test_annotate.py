@@ -11,13 +11,13 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
+import tiny  # tests/tiny.py: small registered backbones
 import torch
 from torch import nn
 from typer.testing import CliRunner
 
 from avemo import models
 from avemo.annotate import COLUMNS, annotate, annotate_file, resolve_model
-from avemo.backbones import KINETICS_MEAN, KINETICS_STD, visual_preprocessing
 from avemo.cli import app
 from avemo.decode import iter_frames
 from avemo.errors import AvemoError
@@ -26,46 +26,11 @@ annotate_module = importlib.import_module("avemo.annotate")
 SEQ_LEN = 2  # clips per sequence of the tiny pipeline: blocks of 64 frames
 
 
-class TinyVideo(nn.Module):
-    """A small 3D conv net standing in for R(2+1)D: clips B x 3 x 8 x 112 x 112 -> B x 16."""
-
-    def __init__(self, dim: int = 16):
-        super().__init__()
-        self.conv = nn.Conv3d(3, dim, kernel_size=(2, 8, 8), stride=(2, 8, 8))
-
-    def forward(self, clips):
-        return torch.relu(self.conv(clips)).mean(dim=(2, 3, 4))
-
-
-class TinyAudio(nn.Module):
-    """A small 2D conv net standing in for the audio ResNet18: B x 1 x 64 x 107 -> B x 8."""
-
-    def __init__(self, dim: int = 8):
-        super().__init__()
-        self.conv = nn.Conv2d(1, dim, kernel_size=8, stride=8)
-
-    def forward(self, specs):
-        return torch.relu(self.conv(specs)).mean(dim=(2, 3))
-
-
-if "test_tiny_video" not in models.builders():
-
-    @models.register("test_tiny_video", "visual_backbone")
-    def _tiny_video() -> nn.Module:
-        module = TinyVideo()
-        module.avemo_preprocessing = visual_preprocessing(112, KINETICS_MEAN, KINETICS_STD)
-        return module
-
-    @models.register("test_tiny_audio", "audio_backbone")
-    def _tiny_audio() -> nn.Module:
-        return TinyAudio()
-
-
 def tiny_pipeline() -> nn.Module:
     return models.build(
         "pipeline",
-        visual={"builder": "test_tiny_video", "kwargs": {}},
-        audio={"builder": "test_tiny_audio", "kwargs": {}},
+        visual={"builder": tiny.VIDEO, "kwargs": {}},
+        audio={"builder": tiny.AUDIO, "kwargs": {}},
         head={
             "builder": "jca",
             "kwargs": {

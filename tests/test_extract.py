@@ -9,13 +9,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import tiny  # tests/tiny.py: small registered backbones
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from avemo import dataset as D
 from avemo import models
-from avemo.backbones import CLIP_SIZE, KINETICS_MEAN, KINETICS_STD, visual_preprocessing
+from avemo.backbones import CLIP_SIZE
 from avemo.cli import app
 from avemo.clips import clip_frames
 from avemo.errors import AvemoError
@@ -36,33 +37,7 @@ MISSING = {"pair_left": range(40, 50), "pair_right": range(0, 40)}  # frames wit
 SPLITS = {"talk": "Validation_Set", "pair_left": "Train_Set", "pair_right": "Train_Set"}
 
 
-class TinyVideoNet(torch.nn.Module):
-    """A small 3D convolution + pooling: clips -> 16 features (real backbones take ~0.3 s/clip
-    here; the benchmark measures those)."""
-
-    def __init__(self, dim: int = 16):
-        super().__init__()
-        self.conv = torch.nn.Conv3d(
-            3, dim, kernel_size=(3, 7, 7), stride=(2, 4, 4), padding=(1, 3, 3)
-        )
-
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.conv(clips).relu().mean(dim=(2, 3, 4))
-
-
-@models.register("test_extract_tiny_video", "visual_backbone")
-def tiny_video(dim: int = 16) -> TinyVideoNet:
-    module = TinyVideoNet(dim)
-    module.avemo_preprocessing = visual_preprocessing(CLIP_SIZE, KINETICS_MEAN, KINETICS_STD)
-    return module
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 # --- the cache file format ------------------------------------------------------------------------
@@ -198,7 +173,7 @@ def affwild2(tmp_path_factory, av_clip, carphone):
         (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
     torch.manual_seed(0)
     models.save(
-        models.build("test_extract_tiny_video"),
+        models.build(tiny.VIDEO),
         root / "visual.safetensors",
         provenance={"trained": False},
     )
@@ -240,10 +215,7 @@ def cache(affwild2):
 
 def test_extract_writes_one_dense_file_per_video_and_describes_the_backbones(affwild2, cache):
     info = read_cache_info(cache)
-    assert (
-        info["visual"]["builder"] == "test_extract_tiny_video"
-        and info["audio"]["builder"] == "audio_resnet18"
-    )
+    assert info["visual"]["builder"] == tiny.VIDEO and info["audio"]["builder"] == "audio_resnet18"
     assert info["visual"]["checkpoint"] == str((affwild2 / "visual.safetensors").resolve())
     assert info["visual"]["preprocessing"]["size"] == [CLIP_SIZE, CLIP_SIZE]
     assert info["spectrogram"]["n_mels"] == 64 and info["clip"] == {
@@ -325,7 +297,7 @@ def test_extract_skips_cached_videos_and_reports_missing_inputs_on_one_line(
     # a cache of other backbones is not mixed with new features
     torch.manual_seed(1)
     other = tmp_path / "other.safetensors"
-    models.save(models.build("test_extract_tiny_video"), other, provenance={"trained": False})
+    models.save(models.build(tiny.VIDEO), other, provenance={"trained": False})
     args[args.index("--visual") + 1] = str(other)
     result = runner.invoke(app, [*args, "--bf16"])
     assert result.exit_code == 1 and "another visual backbone" in result.output
@@ -355,7 +327,7 @@ def test_extract_train_bundle_annotate_evaluate_end_to_end(affwild2, cache, tmp_
     assert bundled.avemo_header["component"] == "pipeline" and bundled.seq_len == 16
     provenance = bundled.avemo_header["provenance"]
     assert provenance["training"]["best_epoch"] == training["best_epoch"]
-    assert provenance["components"]["visual"]["builder"] == "test_extract_tiny_video"
+    assert provenance["components"]["visual"]["builder"] == tiny.VIDEO
     for mine, theirs in (
         (bundled.head, models.load(head)),
         (bundled.visual, models.load(affwild2 / "visual.safetensors")),

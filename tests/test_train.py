@@ -32,13 +32,7 @@ SEQ_LEN = 8
 FAST = {"epochs": 8, "batch_size": 16, "lr": 3e-3, "seq_len": SEQ_LEN}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread (no OpenMP hand-offs on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 # --- the synthetic feature task ------------------------------------------------------------------
