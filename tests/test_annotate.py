@@ -310,3 +310,29 @@ def test_a_smile_comes_out_positive_end_to_end(astronaut_photo, tmp_path):
     table = annotate(still_video(astronaut_photo, tmp_path / "smile.mp4"))
     assert (table["valence_raw"] > 0.4).all()
     assert table["p_happy"].min() > 0.5
+
+
+def test_readme_quick_start_runs_as_written(tmp_path):
+    """The README's Quick start job (after `pip install .`), run by bash as a real process."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_packaging import readme_commands
+
+    root = Path(__file__).resolve().parents[1]
+    job = readme_commands()[0].split("pip install . && ", 1)[1]
+    shim = tmp_path / "bin" / "avemo"  # the console script, for this checkout
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m avemo "$@"\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        ["bash", "-c", job], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    header, first, second = done.stdout.splitlines()
+    assert header.startswith(",".join(COLUMNS))
+    assert first.startswith("0,0,0,1,") and second.startswith("1,")
