@@ -11,8 +11,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     AVEMO_HOME=/cache/avemo
 
+# libgl1 and libglib2.0-0: OpenCV (opencv-python, required by insightface) loads them on import
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ \
+        libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
 
 RUN python3 -m venv /opt/avemo
