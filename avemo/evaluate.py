@@ -308,7 +308,8 @@ def evaluate(
     if not label_sources:
         raise AvemoError("no label files found", None if isinstance(labels, Mapping) else labels)
     prediction_sources = _sources(predictions, "predictions")
-    options = {"face_id": face_id, "columns": columns}
+    # with --smooth, annotate CSVs are read unsmoothed, so that the filter is applied once
+    options = {"face_id": face_id, "columns": columns, "raw": smooth}
 
     videos: list[Video] = []
     labelled: list[int] = []

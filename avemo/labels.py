@@ -39,6 +39,7 @@ log = logging.getLogger("avemo")
 
 INVALID_LABEL = -5.0  # Aff-Wild2: a frame without a valid valence/arousal label
 VALUES = ("valence", "arousal")
+RAW_VALUES = ("valence_raw", "arousal_raw")  # avemo annotate's values before smoothing
 FORMATS = ("affwild2", "challenge", "avemo", "generic")
 SUFFIXES = (".csv", ".txt")  # files considered when a folder is searched
 SIDES = ("left", "right")
@@ -249,11 +250,14 @@ def read_table(
     face_id: int | None = None,
     side: str | None = None,
     columns: Sequence[str] | None = None,
+    raw: bool = False,
 ) -> pd.DataFrame:
     """Read any supported file (format from its header) into a frame table.
 
     ``face_id`` and ``side`` apply to avemo CSVs (``side`` only works there: the others have no
-    face boxes); ``columns`` to avemo and generic CSVs.
+    face boxes); ``columns`` to avemo and generic CSVs. ``raw`` reads an avemo CSV's unsmoothed
+    ``valence_raw, arousal_raw`` when it has them and no ``columns`` are given (for callers that
+    smooth themselves: smoothing annotate's smoothed columns again would filter twice).
     """
     path = Path(path)
     kind = detect_format(path)
@@ -268,6 +272,8 @@ def read_table(
     elif kind == "challenge":
         table = read_challenge(path)
     elif kind == "avemo":
+        if columns is None and raw and set(RAW_VALUES) <= set(_header(path)):
+            columns = RAW_VALUES
         return read_avemo(path, face_id=face_id, side=side, columns=columns or VALUES)
     else:
         table = read_generic(path, columns=columns or VALUES)

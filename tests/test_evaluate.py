@@ -379,3 +379,20 @@ def test_import_avemo_stays_light_and_exports_evaluate():
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def test_smooth_reads_annotate_raw_columns_so_the_filter_runs_once(tmp_path):
+    rng = np.random.default_rng(7)
+    label = np.tanh(np.cumsum(rng.normal(0, 0.08, (300, 2)), axis=0))
+    raw = np.clip(label + rng.normal(0, 0.3, label.shape), -1, 1)
+    write_labels(tmp_path / "labels" / "v.txt", label)
+    path = write_predictions(tmp_path / "pred" / "v.csv", smooth(raw))
+    table = pd.read_csv(path)
+    table["valence_raw"], table["arousal_raw"] = raw[:, 0], raw[:, 1]
+    table.to_csv(path, index=False)
+    once = evaluate(tmp_path / "pred", tmp_path / "labels", smooth=True).summary
+    plain = evaluate(tmp_path / "pred", tmp_path / "labels").summary
+    expected = score(smooth(raw), label)
+    for key in ("ccc_valence", "ccc_arousal"):
+        assert once[key] == pytest.approx(expected[key], abs=1e-9)
+        assert plain[key] == pytest.approx(expected[key], abs=1e-9)  # annotate's smoothed columns
