@@ -211,7 +211,7 @@ def main() -> None:
 # --- avemo weights: named weights, the download cache and verification (avemo.hub) ------------
 
 weights_app = typer.Typer(
-    help="List, download and verify named weights (cache: $AVEMO_HOME, else ~/.cache/avemo).",
+    help="List, download, verify and import weights (cache: $AVEMO_HOME, else ~/.cache/avemo).",
     no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
