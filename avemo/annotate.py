@@ -169,7 +169,6 @@ def annotate(
     the provenance record (what :func:`annotate_file` writes as JSON).
     """
     from avemo.decode import AudioReader, iter_frames
-    from avemo.faces import align
     from avemo.facetrack import detect_tracks, faces_table
     from avemo.predict import ExpressionPredictor, FusionPredictor, Timer
     from avemo.smoothing import smooth as box_filter
@@ -232,29 +231,17 @@ def annotate(
                         timer=timer,
                     )
                 )
-        if tracks:
-            size = predictors[0].size if spec.kind == "pipeline" else None
-            frames = iter_frames(path, info=scan.info)
-            while True:
-                with timer("decode"):
-                    frame = next(frames, None)
-                if frame is None or frame.index >= n:
-                    break
-                i = frame.index
-                for track, predictor in zip(tracks, predictors, strict=True):
-                    if not predictor.needed[i]:
-                        if spec.kind == "pipeline":
-                            predictor.push(i, None)
-                        continue
-                    if spec.kind == "expression":
-                        predictor.push(i, frame.image, track.landmarks[i])
-                    else:
-                        with timer("align"):
-                            crop = align(frame.image, track.landmarks[i], size)
-                        predictor.push(i, crop)
+        frames = iter_frames(path, info=scan.info) if tracks else iter(())
+        while True:
+            with timer("decode"):
+                frame = next(frames, None)
+            if frame is None or frame.index >= n:
+                break
+            for track, predictor in zip(tracks, predictors, strict=True):
+                predictor.push(frame.index, frame.image, track.landmarks[frame.index])
         outputs = [predictor.finish() for predictor in predictors]
-        if readers:
-            audio_state.update(_audio_flags(readers[0]))
+        if readers:  # what the audio reader found: no audio stream, seconds of silence filled in
+            audio_state.update(audio_missing=readers[0].missing, audio_gaps=readers[0].gaps)
     finally:
         for reader in readers:
             reader.close()
@@ -318,16 +305,6 @@ def annotate(
         "stages_s": {k: round(v, 3) for k, v in timer.seconds.items()},
     }
     return table
-
-
-def _audio_flags(audio) -> dict:
-    """What the audio reader says about missing audio and gaps, for the provenance record."""
-    flags = {}
-    for name in ("missing", "gaps"):
-        if hasattr(audio, name):
-            value = getattr(audio, name)
-            flags[f"audio_{name}"] = value if isinstance(value, bool | int | float) else str(value)
-    return flags
 
 
 def provenance_path(stem: Path) -> Path:

@@ -51,6 +51,15 @@ def visual_preprocessing(size: int, mean, std) -> dict:
     }
 
 
+def normalise_clips(clips: torch.Tensor, preprocessing: dict) -> torch.Tensor:
+    """uint8 RGB clips ``B x 3 x T x H x W`` -> the float input described by ``preprocessing``
+    (a :func:`visual_preprocessing` record): pixels / 255, then (x - mean) / std per channel."""
+    shape = (1, RGB_CHANNELS, 1, 1, 1)
+    mean = torch.tensor(preprocessing["mean"], dtype=torch.float32, device=clips.device)
+    std = torch.tensor(preprocessing["std"], dtype=torch.float32, device=clips.device)
+    return (clips.float() / 255.0 - mean.view(shape)) / std.view(shape)
+
+
 def audio_preprocessing() -> dict:
     """What the audio backbone expects: one normalised log-mel spectrogram per clip."""
     return {"input_shape": list(AUDIO_INPUT), "transform": "avemo.spectrogram.LogMel"}

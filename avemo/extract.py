@@ -262,12 +262,9 @@ class ClipMaker:
     """
 
     def __init__(self, frames: dict[int, Path], preprocessing: dict):
-        import torch
-
         self.frames = frames
+        self.preprocessing = preprocessing
         self.size = tuple(preprocessing["size"])
-        self.mean = torch.tensor(preprocessing["mean"]).view(3, 1, 1, 1)
-        self.std = torch.tensor(preprocessing["std"]).view(3, 1, 1, 1)
         self.cache: dict[int, object] = {}
 
     def image(self, index: int):
@@ -296,6 +293,7 @@ class ClipMaker:
         """``B x 8`` frame indices (``NO_FRAME`` for black) -> normalised float clips."""
         import torch
 
+        from avemo.backbones import normalise_clips
         from avemo.clips import CLIP_WINDOW, NO_FRAME
 
         black = torch.zeros((3, *self.size), dtype=torch.uint8)
@@ -308,7 +306,7 @@ class ClipMaker:
         oldest = int(indices.max()) - 2 * CLIP_WINDOW
         for index in [i for i in self.cache if i < oldest]:
             del self.cache[index]
-        return (batch.float() / 255.0 - self.mean) / self.std
+        return normalise_clips(batch, self.preprocessing)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from avemo.backbones import normalise_clips
 from avemo.clips import (
     CLIP_FRAMES,
     CLIP_WINDOW,
@@ -34,6 +35,7 @@ from avemo.clips import (
     to_frames,
     window_has_face,
 )
+from avemo.faces import align
 from avemo.spectrogram import LogMel, clip_waveforms
 
 
@@ -96,7 +98,9 @@ class ExpressionPredictor:
         self.probs = np.full((self.num_frames, len(expression.EMOTIONS)), np.nan, np.float32)
 
     def push(self, index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
-        """Feed frame ``index`` (RGB) with this track's 5 landmarks there (only needed frames)."""
+        """Feed frame ``index`` (RGB) with this track's 5 landmarks there (NaN without a face)."""
+        if not self.needed[index]:
+            return
         with self.timer("align"):
             self._crops.append(self.expression.expression_crop(image, landmarks))
         self._frames.append(index)
@@ -107,10 +111,13 @@ class ExpressionPredictor:
         if not self._crops:
             return
         with self.timer("backbones"), torch.inference_mode():
-            batch = self.expression.preprocess(np.stack(self._crops)).to(self.device)
-            with autocast(self.device, self.bf16):
-                probs = self.model(batch)
-            self.probs[self._frames] = probs.float().cpu().numpy()
+            self.probs[self._frames], _ = self.expression.predict(
+                self.model,
+                self._crops,
+                device=self.device,
+                batch_size=len(self._crops),
+                bf16=self.bf16,
+            )
         self._crops, self._frames = [], []
 
     def finish(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -163,20 +170,17 @@ class FusionPredictor:
         self.num_frames = len(self.present)
         self.seq_len = int(pipeline.seq_len)
         self.block = CLIP_WINDOW * self.seq_len
-        prep = pipeline.visual_preprocessing
-        size = prep["size"]
+        self.preprocessing = pipeline.visual_preprocessing
+        size = self.preprocessing["size"]
         self.size = int(size[0] if isinstance(size, list | tuple) else size)
-        self.mean = torch.tensor(prep["mean"], dtype=torch.float32).view(1, 3, 1, 1, 1)
-        self.std = torch.tensor(prep["std"], dtype=torch.float32).view(1, 3, 1, 1, 1)
         self.logmel = LogMel().to(device)
         # 3D convolutions run faster on channels-last clips (oneDNN, cuDNN); a no-op for the rest
         self.memory_format = torch.channels_last_3d
         for module in pipeline.visual.modules():
             if isinstance(module, torch.nn.Conv3d):
                 module.to(memory_format=self.memory_format)
-        self.ends = clip_ends(self.num_frames, stride)
-        self.is_end = np.zeros(self.num_frames, dtype=bool)
-        self.is_end[self.ends] = True
+        self.stride = stride
+        self.ends = clip_ends(self.num_frames, stride)  # row k of self.values is end k * stride
         self.needed = needed_frames(self.present, self.ends)
         self.blocks: dict[int, list[np.ndarray]] = defaultdict(list)
         for seq in sequences(self.num_frames, self.seq_len, stride):
@@ -186,14 +190,15 @@ class FusionPredictor:
         self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._dims: tuple[int, int] | None = None
         self.values = np.full((len(self.ends), 2), np.nan, np.float32)
-        self._row = {int(e): k for k, e in enumerate(self.ends)}
 
-    def push(self, index: int, crop: np.ndarray | None) -> None:
-        """Feed frame ``index``: its aligned crop (``size x size x 3``) or None without a face."""
-        if crop is not None:
-            self._crops[index] = crop
+    def push(self, index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
+        """Feed frame ``index`` (RGB) with this track's 5 landmarks there (NaN without a face);
+        the face is aligned only when a clip samples this frame."""
+        if self.needed[index]:
+            with self.timer("align"):
+                self._crops[index] = align(image, landmarks, self.size)
         self._crops.pop(index - CLIP_WINDOW, None)
-        if self.is_end[index]:
+        if index % self.stride == 0:
             self._pending.append((index, self._clip(index)))
             if len(self._pending) >= self.batch_size:
                 self._encode()
@@ -219,9 +224,8 @@ class FusionPredictor:
         with self.timer("audio"):
             waves = clip_waveforms(self.audio, self.times, ends, self.fps)
         with self.timer("backbones"), torch.inference_mode():
-            x = to_device(clips, self.device).permute(0, 4, 1, 2, 3).float().div_(255)
-            x = (x - self.mean.to(self.device)) / self.std.to(self.device)
-            x = x.contiguous(memory_format=self.memory_format)
+            x = to_device(clips, self.device).permute(0, 4, 1, 2, 3)
+            x = normalise_clips(x, self.preprocessing).contiguous(memory_format=self.memory_format)
             specs = self.logmel(to_device(waves, self.device))
             with autocast(self.device, self.bf16):
                 visual = self.pipeline.encode_visual(x).float()
@@ -247,7 +251,7 @@ class FusionPredictor:
         for b, seq in enumerate(seqs):
             for i, end in enumerate(seq):
                 if int(end) < self.num_frames:
-                    self.values[self._row[int(end)]] = out[b, i]
+                    self.values[int(end) // self.stride] = out[b, i]
 
     def finish(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per-frame ``N x 2`` values, NaN on frames whose 32-frame window has no face."""
