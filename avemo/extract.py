@@ -414,11 +414,13 @@ def extract_video(
     video and wide the features (25088-d); the caller deletes it after writing. ``bf16``: the
     backbones run under bfloat16 autocast (features are stored as float32 either way).
     """
+    from contextlib import nullcontext
+
     import torch
     from tqdm import tqdm
 
     from avemo.clips import clip_frames, window_has_face
-    from avemo.decode import SAMPLE_RATE, iter_frames, load_audio, probe
+    from avemo.decode import SAMPLE_RATE, AudioReader, iter_frames, probe
     from avemo.predict import autocast
     from avemo.spectrogram import LogMel, clip_waveforms
 
@@ -442,7 +444,8 @@ def extract_video(
         audio, shared = None, np.asarray(sibling.audio)
         has_audio = bool(sibling.info.get("audio"))
     else:
-        audio, shared = load_audio(source.video, SAMPLE_RATE, info=info), None
+        # streamed: the clips' windows move forwards, so memory stays flat for long videos
+        audio, shared = AudioReader(source.video, SAMPLE_RATE), None
         has_audio = not audio.missing
     if not has_audio:
         log.warning("%s: no audio stream; the audio features are those of silence", source.video)
@@ -456,7 +459,7 @@ def extract_video(
         disable=None if progress is None else not progress,
         leave=False,
     )
-    with torch.inference_mode(), autocast(torch.device(device), bf16), bar:
+    with torch.inference_mode(), autocast(torch.device(device), bf16), bar, audio or nullcontext():
         for start in range(0, n, batch_size):
             ends = np.arange(start, min(start + batch_size, n))
             indices = np.stack([clip_frames(int(e), present) for e in ends])
