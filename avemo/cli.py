@@ -161,10 +161,7 @@ def annotate(
     ] = None,
     max_faces: MaxFaces = 1,
     overwrite: Overwrite = False,
-    progress: Annotated[
-        bool | None,
-        typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal)."),
-    ] = None,
+    progress: Progress = None,
 ) -> None:
     """Write per-frame valence and arousal for every video: OUT/<rel>/<stem>.csv (+ .json)."""
     from avemo.annotate import annotate_videos
