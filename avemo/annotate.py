@@ -135,11 +135,14 @@ def _detector(name: str, model, size, threshold, device: str):
 
 
 def _stride(stride: int | None, kind: str) -> int:
-    from avemo.clips import CLIP_WINDOW
+    """The stride to use for a ``kind`` of model, checked by the clip grid's own rule."""
+    from avemo.clips import clip_ends
 
     stride = DEFAULT_STRIDE[kind] if stride is None else int(stride)
-    if stride < 1 or CLIP_WINDOW % stride:
-        raise AvemoError(f"--stride must divide {CLIP_WINDOW} (1, 2, 4, 8, 16 or 32), not {stride}")
+    try:
+        clip_ends(0, stride)
+    except ValueError as error:
+        raise AvemoError(f"--stride: {error} (1, 2, 4, 8, 16 or 32)") from None
     return stride
 
 
