@@ -21,13 +21,13 @@ RUN python3 -m venv /opt/avemo
 ENV PATH=/opt/avemo/bin:$PATH
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY avemo ./avemo
 COPY weights ./weights
 # onnxruntime and onnxruntime-gpu overwrite each other's files: install avemo, then swap
-RUN pip install . \
+RUN pip install -c constraints.txt . \
     && pip uninstall -y onnxruntime \
-    && pip install ".[gpu]"
+    && pip install -c constraints.txt ".[gpu]"
 
 WORKDIR /data
 VOLUME ["/cache"]

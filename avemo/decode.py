@@ -298,9 +298,10 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
                     time = float(frame.pts * frame.time_base)
                 else:
                     time = info.start if time is None else time + period
+                # PyAV >= 18 returns a view of the padded plane when rows are padded (e.g. 176 px
+                # wide): copy to the documented C-contiguous layout (a no-op when it already is)
                 image = frame.to_ndarray(format="rgb24")
-                if turns:
-                    image = np.ascontiguousarray(np.rot90(image, turns))
+                image = np.ascontiguousarray(np.rot90(image, turns) if turns else image)
                 yield Frame(index=index, time=time, image=image)
                 index += 1
             if index == 0:

@@ -19,7 +19,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_quick_start_has_run_and_test_commands():
     run, test = readme_commands()[:2]
-    assert "pip install ." in run and "avemo " in run
+    assert "pip install -c constraints.txt ." in run and "avemo " in run
     assert "pytest" in test
 
 
@@ -46,3 +46,42 @@ def test_dockerfile_targets_gpu_batch_use():
     assert re.search(r"^FROM nvidia/cuda:\S+runtime", text, flags=re.M)
     assert '".[gpu]"' in text
     assert 'ENTRYPOINT ["avemo"]' in text
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt pins exact versions only: {line!r}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_its_range():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        wanted += extra
+    pins = _constraints()
+    for text in wanted:
+        requirement = Requirement(text)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{requirement.name} is not pinned in constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside pyproject's {requirement}"
+        )
+
+
+def test_every_install_command_uses_the_constraints():
+    commands = readme_commands()[:2]
+    commands += re.findall(r"^RUN .*?(?<!\\)$", (ROOT / "Dockerfile").read_text(), re.M | re.S)
+    commands += [line for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    for command in commands:
+        for install in re.findall(r"pip install[^&\n]*", command):
+            assert "-c constraints.txt" in install, install
