@@ -1,7 +1,7 @@
 """``avemo annotate``: per-frame valence and arousal for a video, as a table and as files.
 
 Two passes over the video keep memory flat: the first detects and tracks faces
-(:func:`avemo.facetrack.detect_tracks`), the second feeds each kept track's faces (and the audio)
+(:func:`avemo.face.scan.detect_tracks`), the second feeds each kept track's faces (and the audio)
 to a predictor (:mod:`avemo.predict`). Clip outputs on the ``stride`` grid are interpolated to
 every frame, clipped to [-1, 1] and smoothed with the reference box filter (SPEC 6); the
 unsmoothed values stay in ``valence_raw`` / ``arousal_raw``.
@@ -22,8 +22,9 @@ import pandas as pd
 import torch
 
 from avemo import __version__
+from avemo.devices import torch_device
 from avemo.errors import AvemoError
-from avemo.utils import sha256_file, torch_device
+from avemo.files import sha256_file
 
 DEFAULT_MODEL = "fer-mini-xception"  # the bundled offline default (see README, "Default model")
 # default --stride per kind of model: chosen so that 640x480 30 fps runs at the speed targets on a
@@ -128,7 +129,7 @@ def _load_module(path: str, sha256: str, device: str) -> torch.nn.Module:
 @functools.lru_cache(maxsize=2)
 def _detector(name: str, model, size, threshold, device: str):
     """The face detector, built once per batch."""
-    from avemo.faces import build_detector
+    from avemo.face.detect import build_detector
 
     sized = {} if size is None else {"size": size}
     return build_detector(name, model, threshold=threshold, device=device, **sized)
@@ -172,9 +173,9 @@ def annotate(
     the provenance record (what :func:`annotate_file` writes as JSON).
     """
     from avemo.decode import AudioReader, iter_frames
-    from avemo.facetrack import detect_tracks, faces_table
-    from avemo.predict import ExpressionPredictor, FusionPredictor, Timer
+    from avemo.face.scan import detect_tracks, faces_table
     from avemo.smoothing import smooth as box_filter
+    from avemo.values import ExpressionPredictor, FusionPredictor, Timer
 
     started = time.perf_counter()
     path = Path(path)
@@ -332,7 +333,7 @@ def output_files(stem: Path, fmt: str) -> list[Path]:
 
 def annotate_file(source: Path, stem: Path, *, fmt: str = "csv", **options) -> pd.DataFrame:
     """Annotate ``source`` and write ``<stem>.<ext>`` and then ``<stem>.json``, each atomically."""
-    from avemo.batch import atomic_path
+    from avemo.files import atomic_path
     from avemo.writers import get_writer
 
     table = annotate(source, **options)

@@ -15,7 +15,8 @@ import typer
 
 from avemo import __version__
 from avemo.errors import AvemoError
-from avemo.faces import CROP_SIZES, WORKING_SIZE
+from avemo.face.align import CROP_SIZES
+from avemo.face.detect import WORKING_SIZE
 
 app = typer.Typer(
     name="avemo",
@@ -100,7 +101,7 @@ Progress = Annotated[
 @app.command()
 def sample() -> None:
     """Print the path of the sample clip installed with avemo (for trying it out)."""
-    from avemo.utils import sample_video
+    from avemo.files import sample_video
 
     typer.echo(str(sample_video()))
 
@@ -508,8 +509,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score predictions against labels: CCC, PCC, RMSE, SAGR (ABAW conventions)."""
-    from avemo.batch import atomic_path
     from avemo.evaluate import evaluate as run
+    from avemo.files import atomic_path
 
     names = None
     if columns is not None:
@@ -584,9 +585,9 @@ def faces(
 ) -> None:
     """Detect and track faces: OUT/<rel>/<stem>.faces.csv per video, one row per frame and face."""
     from avemo.batch import find_jobs, run_batch
-    from avemo.faces import build_detector
-    from avemo.facetrack import detect_tracks, faces_table
-    from avemo.facetrack import save_crops as write_crops
+    from avemo.face.detect import build_detector
+    from avemo.face.scan import detect_tracks, faces_table
+    from avemo.face.scan import save_crops as write_crops
     from avemo.writers import get_writer
 
     try:

@@ -30,8 +30,8 @@ import torch
 
 from avemo import hub, models
 from avemo.errors import AvemoError
+from avemo.files import sha256_file
 from avemo.metrics import DIMENSIONS  # option ``dimension``: what a one-output CVPRW file regresses
-from avemo.utils import sha256_file
 
 FORMATS = tuple(sorted(hub.IMPORT_FORMATS))
 SUFFIX = ".safetensors"
@@ -266,7 +266,7 @@ def _layout_torchvision(state, options) -> Layout:
 
 
 def _layout_tsav(state, options) -> Layout:
-    from avemo.backbones import rgb_stem
+    from avemo.models.backbones import rgb_stem
 
     stem = "video_model.r2plus1d.stem.0.weight"
     channels = (_shape(state, stem) or (0, 0))[1]
@@ -505,7 +505,7 @@ def _layout_jca_tbiom(state, options) -> Layout:
 
 # JMT (SPEC 5.3): the reference's names are avemo's; its final_encoder is never used
 def _layout_jmt(state, options) -> Layout:
-    from avemo import jmt
+    from avemo.models import jmt
 
     prefix = "mm_transformer."
     dim = (_shape(state, prefix + "out_layer_pv.weight") or (0,))[0]

@@ -34,8 +34,8 @@ import av
 import numpy as np
 
 from avemo.errors import AvemoError
+from avemo.spectrogram import SAMPLE_RATE  # the rate audio is resampled to by default
 
-SAMPLE_RATE = 44_100  # Hz, audio rate of the seeds' spectrograms
 AUDIO_JITTER = 0.002  # s; audio timestamps this close to the running sample count are contiguous
 TRUNCATION_TOLERANCE = 0.5  # s; video ending this much before its declared end is reported as cut
 READER_MARGIN = 1.0  # s of audio AudioReader keeps before the start of the latest window
@@ -476,7 +476,6 @@ class AudioReader:
 
 
 __all__ = [
-    "SAMPLE_RATE",
     "Audio",
     "AudioReader",
     "Frame",

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avemo.batch import atomic_path
 from avemo.errors import AvemoError
+from avemo.files import atomic_path
 from avemo.labels import VALUES, as_table, find_files, read_table, split_side
 from avemo.metrics import SCORE_KEYS, moments, score, score_moments
 

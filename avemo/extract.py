@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avemo.batch import atomic_path
 from avemo.errors import AvemoError
+from avemo.files import atomic_path
 
 log = logging.getLogger("avemo")
 
@@ -293,8 +293,8 @@ class ClipMaker:
         """``B x 8`` frame indices (``NO_FRAME`` for black) -> normalised float clips."""
         import torch
 
-        from avemo.backbones import normalise_clips
         from avemo.clips import CLIP_WINDOW, NO_FRAME
+        from avemo.models.backbones import normalise_clips
 
         black = torch.zeros((3, *self.size), dtype=torch.uint8)
         batch = torch.stack(
@@ -329,7 +329,7 @@ def load_backbones(
     those of a pipeline checkpoint.
     """
     from avemo import hub, models
-    from avemo.utils import sha256_file
+    from avemo.files import sha256_file
 
     parts = {}
     if pipeline is not None:
@@ -420,9 +420,9 @@ def extract_video(
     from tqdm import tqdm
 
     from avemo.clips import clip_frames, window_has_face
-    from avemo.decode import SAMPLE_RATE, AudioReader, iter_frames, probe
-    from avemo.predict import autocast
-    from avemo.spectrogram import LogMel, clip_waveforms
+    from avemo.decode import AudioReader, iter_frames, probe
+    from avemo.devices import autocast
+    from avemo.spectrogram import SAMPLE_RATE, LogMel, clip_waveforms
 
     info = probe(source.video)
     times = np.array([frame.time for frame in iter_frames(source.video, info=info)])
@@ -539,7 +539,7 @@ def extract(
     """
     from avemo.batch import Job, run_batch
     from avemo.dataset import label_files
-    from avemo.utils import torch_device
+    from avemo.devices import torch_device
 
     output = Path(output)
     device = torch_device(device)

@@ -32,9 +32,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from avemo import __version__
-from avemo.batch import atomic_path
 from avemo.errors import AvemoError
-from avemo.utils import sha256_file
+from avemo.files import atomic_path, sha256_file
 from avemo.weights import DIRECTORY
 
 log = logging.getLogger("avemo")

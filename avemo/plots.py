@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from avemo.batch import atomic_path
 from avemo.errors import AvemoError
+from avemo.files import atomic_path
 from avemo.labels import VALUES
 
 if TYPE_CHECKING:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchaudio
 
 from avemo.clips import CLIP_WINDOW
-from avemo.decode import SAMPLE_RATE
 
+SAMPLE_RATE = 44_100  # Hz: audio is resampled to this rate (SPEC 3)
 N_FFT = 1024  # samples
 WIN_LENGTH = 882  # samples, 20 ms at 44.1 kHz
 HOP_LENGTH = 441  # samples, 10 ms at 44.1 kHz
@@ -29,6 +28,8 @@ class LogMel(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
+        import torchaudio  # here, so that `import avemo.models` does not load torchaudio
+
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=SAMPLE_RATE,
             n_fft=N_FFT,

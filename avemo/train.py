@@ -32,7 +32,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from avemo.batch import atomic_path
 from avemo.dataset import (
     SequenceDataset,
     Video,
@@ -44,6 +43,7 @@ from avemo.dataset import (
 )
 from avemo.errors import AvemoError
 from avemo.extract import cached_videos, read_cache_info
+from avemo.files import atomic_path
 from avemo.metrics import ccc_loss
 
 log = logging.getLogger("avemo")
@@ -504,7 +504,7 @@ def train(
     cached videos. A finished run at ``output`` is returned as is unless ``overwrite``; an
     interrupted one is resumed.
     """
-    from avemo.utils import torch_device
+    from avemo.devices import torch_device
 
     features, output = Path(features), Path(output)
     info = read_cache_info(features)
@@ -641,7 +641,7 @@ def bundle(head: str | os.PathLike, features: str | os.PathLike, output: str | o
     the head's training record and names every component's file and hash.
     """
     from avemo import models
-    from avemo.utils import sha256_file
+    from avemo.files import sha256_file
 
     head, output = Path(head), Path(output)
     info = read_cache_info(features)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from avemo.batch import atomic_path
 from avemo.errors import AvemoError
+from avemo.files import atomic_path
 
 FLOAT_FORMAT = "%.8g"  # significant digits of floats in text tables (values come pre-rounded)
 NAN_TEXT = "NaN"  # how missing values are spelled in text tables

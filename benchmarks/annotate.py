@@ -36,7 +36,7 @@ def make_video(path: Path, seconds: float) -> Path:
     import cv2
 
     from avemo.decode import iter_frames
-    from avemo.utils import sample_video
+    from avemo.files import sample_video
 
     frames = [f.image for f in iter_frames(sample_video())]
     frames = frames + frames[::-1]

@@ -19,8 +19,8 @@ import time
 import torch
 
 from avemo import models
-from avemo.backbones import AUDIO_INPUT, CLIP_SIZE, I3D_CLIP_SIZE
 from avemo.clips import CLIP_FRAMES
+from avemo.models.backbones import AUDIO_INPUT, CLIP_SIZE, I3D_CLIP_SIZE
 
 # builder -> one input item at the paper's size
 INPUTS = {

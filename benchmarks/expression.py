@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avemo import expression, models
-from avemo.utils import torch_device
+from avemo import models
+from avemo.devices import torch_device
+from avemo.face import align
+from avemo.models import expression
 
 ASTRONAUT_LANDMARKS = np.array([[203, 102], [247, 105], [223, 125], [203, 142], [241, 144]], float)
 
@@ -52,9 +54,9 @@ def main() -> None:
     frame, landmarks = frame_and_landmarks()
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}")
 
-    crop_rate = rate(lambda: expression.expression_crop(frame, landmarks), 1, args.seconds)
+    crop_rate = rate(lambda: align.expression_crop(frame, landmarks), 1, args.seconds)
     print(f"expression_crop (640x480 frame -> 64x64 gray): {crop_rate:8.0f} crops/s")
-    crops = np.stack([expression.expression_crop(frame, landmarks)] * args.batch_size)
+    crops = np.stack([align.expression_crop(frame, landmarks)] * args.batch_size)
     for bf16 in (False, True):
         speed = rate(
             lambda bf16=bf16: expression.predict(

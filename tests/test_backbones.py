@@ -13,7 +13,8 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import backbones, convert, models
+from avemo import convert, models
+from avemo.models import backbones
 
 SMALL_CLIPS = (2, 3, 8, 16, 16)  # B x 3 x T x H x W, small enough for fast tests
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avemo.cli import app
-from avemo.facetrack import TABLE_COLUMNS
+from avemo.face.scan import TABLE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--detect-every", "4", "--no-progress"]  # detection quality is not the point here

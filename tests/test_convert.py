@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from avemo import cli, convert, hub, models
 from avemo.errors import AvemoError
-from avemo.utils import sha256_file
+from avemo.files import sha256_file
 
 
 @pytest.fixture(autouse=True)

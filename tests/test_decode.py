@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from avemo.decode import (
-    READER_MARGIN,
-    SAMPLE_RATE,
-    AudioReader,
-    Frame,
-    iter_frames,
-    load_audio,
-    probe,
-)
+from avemo.decode import READER_MARGIN, AudioReader, Frame, iter_frames, load_audio, probe
 from avemo.errors import AvemoError
+from avemo.spectrogram import SAMPLE_RATE
 
 
 def plain_decode(path):

@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from avemo import expression, hub, models
-from avemo.utils import sha256_file
+from avemo import hub, models
+from avemo.face import align
+from avemo.files import sha256_file
+from avemo.models import expression
 
 REFERENCE = Path(__file__).parent / "data" / "fer_reference.npz"
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,13 +148,13 @@ def test_same_max_pool_pads_at_the_end_like_tensorflow():
 
 
 def test_crop_puts_landmarks_on_the_template():
-    template = expression.crop_template()
+    template = align.crop_template()
     assert template.shape == (5, 2)
     # a face 3x larger than the crop, rotated by 30 degrees, shifted
     angle = np.deg2rad(30)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     landmarks = (template - 32) @ rotation.T * 3.0 + [300, 200]
-    matrix = expression.crop_matrix(landmarks)
+    matrix = align.crop_matrix(landmarks)
     mapped = landmarks @ matrix[:, :2].T + matrix[:, 2]
     np.testing.assert_allclose(mapped, template, atol=1e-6)
     # a bright disc painted at the nose tip lands at the template's nose position
@@ -160,11 +162,11 @@ def test_crop_puts_landmarks_on_the_template():
     yy, xx = np.mgrid[:480, :640]
     nose = landmarks[2]
     image[(xx - nose[0]) ** 2 + (yy - nose[1]) ** 2 < 6**2] = 255
-    crop = expression.expression_crop(image, landmarks)
+    crop = align.expression_crop(image, landmarks)
     assert crop.shape == (64, 64) and crop.dtype == np.uint8
     peak = np.unravel_index(np.argmax(crop), crop.shape)
     np.testing.assert_allclose(peak[::-1], template[2], atol=1.5)
-    gray = expression.expression_crop(image[..., 0], landmarks)  # a gray frame works too
+    gray = align.expression_crop(image[..., 0], landmarks)  # a gray frame works too
     np.testing.assert_allclose(gray, crop, atol=1)
     # the face is framed like fer's crops: eyes in the upper half, mouth in the lower
     assert template[:2, 1].max() < 32 < template[3:, 1].min()
@@ -188,9 +190,9 @@ def test_predict_batches_and_bf16(model, reference):
 def test_smiling_faces_get_clearly_positive_valence(model, astronaut_photo, group_photo):
     astronaut, friends = rgb(astronaut_photo), rgb(group_photo)
     crops = [
-        expression.expression_crop(astronaut, np.array(ASTRONAUT)),
-        expression.expression_crop(friends, np.array(T1_ROSS)),
-        expression.expression_crop(friends, np.array(T1_CHANDLER)),
+        align.expression_crop(astronaut, np.array(ASTRONAUT)),
+        align.expression_crop(friends, np.array(T1_ROSS)),
+        align.expression_crop(friends, np.array(T1_CHANDLER)),
     ]
     probs, va = expression.predict(model, np.stack(crops))
     assert all(expression.EMOTIONS[i] == "happy" for i in probs.argmax(1))
@@ -203,8 +205,8 @@ def test_tense_faces_get_negative_valence(model, breakingbad_photo):
     walter = ibug_to_5(read_pts(breakingbad_photo.with_suffix(".pts")))
     crops = np.stack(
         [
-            expression.expression_crop(image, walter),
-            expression.expression_crop(image, np.array(JESSE)),
+            align.expression_crop(image, walter),
+            align.expression_crop(image, np.array(JESSE)),
         ]
     )
     probs, va = expression.predict(model, crops)

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from avemo import dataset as D
 from avemo import models
-from avemo.backbones import CLIP_SIZE
 from avemo.cli import app
 from avemo.clips import clip_frames
 from avemo.errors import AvemoError
@@ -31,6 +30,7 @@ from avemo.extract import (
     read_features,
     write_features,
 )
+from avemo.models.backbones import CLIP_SIZE
 
 FRAMES = 120  # frames of the test clips (4 s of carphone)
 MISSING = {"pair_left": range(40, 50), "pair_right": range(0, 40)}  # frames without a face crop

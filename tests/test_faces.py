@@ -7,16 +7,10 @@ import numpy as np
 import onnxruntime
 import pytest
 
+from avemo.devices import onnx_providers
 from avemo.errors import AvemoError
-from avemo.faces import (
-    SCRFD,
-    WORKING_SIZE,
-    CenterFace,
-    Detections,
-    align,
-    build_detector,
-    onnx_providers,
-)
+from avemo.face.align import align
+from avemo.face.detect import SCRFD, WORKING_SIZE, CenterFace, Detections, build_detector
 
 
 def read_rgb(path) -> np.ndarray:

@@ -11,8 +11,8 @@ import pytest
 
 from avemo.decode import iter_frames
 from avemo.errors import AvemoError
-from avemo.faces import CenterFace, Detections
-from avemo.facetrack import (
+from avemo.face.detect import CenterFace, Detections
+from avemo.face.scan import (
     NO_FACE_ID,
     TABLE_COLUMNS,
     FaceTrack,
@@ -179,7 +179,7 @@ def test_crops(carphone, carphone_scan, tmp_path):
 
 
 def test_save_crops_is_atomic(carphone, carphone_scan, tmp_path, monkeypatch):
-    import avemo.facetrack
+    import avemo.face.scan
 
     (track,) = carphone_scan.tracks()
     folder = tmp_path / "carphone"
@@ -193,7 +193,7 @@ def test_save_crops_is_atomic(carphone, carphone_scan, tmp_path, monkeypatch):
         written.append(path)
         return cv2.imwrite(path, image, params)
 
-    monkeypatch.setattr(avemo.facetrack.cv2, "imwrite", failing_imwrite)
+    monkeypatch.setattr(avemo.face.scan.cv2, "imwrite", failing_imwrite)
     with pytest.raises(OSError, match="disk full"):
         save_crops(carphone, track, folder, size=224)
     assert sorted(folder.iterdir()) == before  # the old crops, untouched

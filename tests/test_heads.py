@@ -14,7 +14,8 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import heads, models
+from avemo import models
+from avemo.models import heads
 
 B, L, DA, DV = 3, 4, 6, 10
 SMALL = {"audio_dim": DA, "visual_dim": DV, "proj_dim": 8, "hidden": 5}

@@ -6,7 +6,8 @@ import pytest
 import torch
 from modelcheck import assert_gradients, assert_round_trip, parameter_count
 
-from avemo import convert, i3d, models
+from avemo import convert, models
+from avemo.models import i3d
 
 # Inception-v1 (GoogLeNet) channel table: input, then (b0, b1a, b1b, b2a, b2b, b3b) per block
 INCEPTION_V1 = [

@@ -13,7 +13,8 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import convert, jca_tbiom, models
+from avemo import convert, models
+from avemo.models import jca_tbiom
 
 # small widths: 4 positions of 6, L = 5, Joint 8 wide
 SMALL = {"audio_dim": 6, "positions": 4, "seq_len": 5, "joint_dim": 8, "hidden": 3}

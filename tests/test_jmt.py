@@ -12,7 +12,8 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import convert, jmt, models
+from avemo import convert, models
+from avemo.models import jmt
 
 SMALL = {"dim": 8, "heads": 2, "layers": 2, "ffn_dim": 6, "hidden": 5}
 MODES = ["fc", "self_attention"]

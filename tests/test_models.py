@@ -270,7 +270,7 @@ def test_folder_instead_of_file(tmp_path):
 
 def test_pipeline_with_seed_modules(tmp_path):
     """R(2+1)D + audio ResNet18 + JCA: the preprocessing comes from the backbones' builders."""
-    from avemo.backbones import AUDIO_INPUT, KINETICS_MEAN
+    from avemo.models.backbones import AUDIO_INPUT, KINETICS_MEAN
 
     pipe = models.build(
         "pipeline",

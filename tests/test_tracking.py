@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avemo.tracking import Tracker, box_iou, box_size, dominant_tracks
+from avemo.face.track import Tracker, box_iou, box_size, dominant_tracks
 
 
 def square(x: float, y: float, side: float = 60) -> list[float]:

@@ -3,8 +3,9 @@ import hashlib
 import pytest
 import torch
 
+from avemo.devices import torch_device
 from avemo.errors import AvemoError
-from avemo.utils import sample_video, sha256_file, torch_device
+from avemo.files import sample_video, sha256_file
 
 
 def test_sample_video_is_the_installed_carphone_clip(carphone):

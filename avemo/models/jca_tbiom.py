@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avemo.backbones import FEATURE_DIM
-from avemo.models import register
+from avemo.models.backbones import FEATURE_DIM
+from avemo.models.registry import register
 
 SEQ_LEN = 16  # clips per sequence of the journal JCA
 POSITIONS = 49  # 512-rows of a 25088 R(2+1)D layer4 vector (also the attention's hidden width)

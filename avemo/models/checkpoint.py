@@ -1,4 +1,4 @@
-"""The builder registry and avemo's one checkpoint format.
+"""avemo's one checkpoint format: a safetensors file with a JSON header.
 
 Every network avemo saves or imports is rebuilt from its file alone: a ``.safetensors`` file
 whose metadata key ``"avemo"`` holds a JSON header naming the registered *builder* that makes the
@@ -10,134 +10,28 @@ weights' provenance (where they came from, whether they are trained at all)::
                     "licence": "..." | null, "training": {...} | null,
                     "created": "2024-01-01T00:00:00+00:00", "avemo_version": "0.1.0"}}
 
-``build(name, **kwargs)`` makes a fresh module, ``save(module, path, provenance=...)`` writes one,
-``read_header(path)`` reads the JSON without the tensors, ``load(path)`` rebuilds and fills it.
-:class:`Pipeline` (builder ``pipeline``) bundles a visual backbone, an audio backbone and a fusion
-head into the one module ``avemo annotate`` runs.
+``save(module, path, provenance=...)`` writes one, ``read_header(path)`` reads the JSON without
+the tensors, ``load(path)`` rebuilds the module and fills it.
 """
 
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import os
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from avemo.errors import AvemoError
+from avemo.files import atomic_path
+from avemo.models.registry import _jsonable, build, builder
 
 FORMAT = 1  # version of the checkpoint header
 METADATA_KEY = "avemo"  # safetensors metadata key holding the JSON header
-COMPONENTS = frozenset({"visual_backbone", "audio_backbone", "head", "expression", "pipeline"})
-# modules whose import registers builders; imported on the first lookup of an unknown name
-BUILDER_MODULES = (
-    "avemo.backbones",
-    "avemo.i3d",
-    "avemo.heads",
-    "avemo.jca_tbiom",
-    "avemo.jmt",
-    "avemo.expression",
-)
 UNTRAINED = "random initialisation"  # default provenance source of untrained weights
-
-
-@dataclass(frozen=True)
-class Builder:
-    """A registered builder: a function ``(**kwargs) -> nn.Module`` and its component kind."""
-
-    name: str
-    component: str
-    function: Callable[..., nn.Module]
-
-
-_BUILDERS: dict[str, Builder] = {}
-_imported = False
-
-
-def register(name: str, component: str) -> Callable[[Callable[..., nn.Module]], Callable]:
-    """Decorator registering a builder function under ``name``.
-
-    The builder takes JSON-able keyword arguments and returns the module. It may supply the
-    input preprocessing the module expects by setting ``module.avemo_preprocessing`` (a JSON-able
-    dict, e.g. a visual backbone's clip size, frames, mean and std); :func:`build` records it.
-    """
-    if component not in COMPONENTS:
-        raise ValueError(f"unknown component {component!r}; one of {sorted(COMPONENTS)}")
-
-    def decorator(function: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        existing = _BUILDERS.get(name)
-        if existing is not None and existing.function.__qualname__ != function.__qualname__:
-            raise ValueError(f"builder {name!r} is already registered")
-        _BUILDERS[name] = Builder(name, component, function)
-        return function
-
-    return decorator
-
-
-def _import_builders() -> None:
-    """Import every builder module once; a module that is not there (yet) is skipped."""
-    global _imported
-    if _imported:
-        return
-    for module in BUILDER_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:  # the module exists but one of its imports is missing
-                raise
-    _imported = True
-
-
-def builder(name: str) -> Builder:
-    """The registered builder called ``name`` (``KeyError`` if there is none)."""
-    if name not in _BUILDERS:
-        _import_builders()
-    return _BUILDERS[name]
-
-
-def builders() -> dict[str, Builder]:
-    """All registered builders by name."""
-    _import_builders()
-    return dict(sorted(_BUILDERS.items()))
-
-
-def _jsonable(value: Any, what: str) -> Any:
-    """``value`` after a JSON round trip (tuples become lists); ``ValueError`` if not JSON-able."""
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{what} must be JSON-able: {error}") from None
-
-
-def build(name: str, **kwargs) -> nn.Module:
-    """Build a fresh (untrained) module with the builder ``name`` and record its config.
-
-    The returned module carries ``module.avemo_config = {"builder", "component", "kwargs",
-    "preprocessing"}``, which :func:`save` writes into the checkpoint header.
-    """
-    try:
-        entry = builder(name)
-    except KeyError:
-        raise ValueError(f"unknown builder {name!r}; known: {', '.join(builders())}") from None
-    kwargs = _jsonable(kwargs, f"arguments of builder {name!r}")
-    module = entry.function(**kwargs)
-    preprocessing = _jsonable(
-        getattr(module, "avemo_preprocessing", None) or {}, f"preprocessing of {name!r}"
-    )
-    module.avemo_config = {
-        "builder": name,
-        "component": entry.component,
-        "kwargs": kwargs,
-        "preprocessing": preprocessing,
-    }
-    return module
 
 
 def _provenance(provenance: dict) -> dict:
@@ -193,8 +87,6 @@ def save(module: nn.Module, path: str | os.PathLike, *, provenance: dict) -> Non
     stored once; the file is written to a temporary name and renamed.
     """
     from safetensors.torch import save_model
-
-    from avemo.batch import atomic_path
 
     header = header_of(module, provenance)
     metadata = {METADATA_KEY: json.dumps(header, sort_keys=True)}
@@ -312,75 +204,3 @@ def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path)
                 path,
             )
     module.load_state_dict(state, strict=True)
-
-
-def _preprocessing(module: nn.Module) -> dict:
-    """The preprocessing recorded for a module made by :func:`build` (empty if none)."""
-    return dict(getattr(module, "avemo_config", {}).get("preprocessing", {}))
-
-
-class Pipeline(nn.Module):
-    """Visual backbone + audio backbone + fusion head: clips and spectrograms -> valence, arousal.
-
-    ``visual`` maps normalised clips ``B x 3 x T x H x W`` to ``B x Dv``, ``audio`` maps
-    spectrograms ``B x 1 x 64 x 107`` to ``B x Da``, ``head`` maps ``(B x L x Da, B x L x Dv)`` to
-    ``B x L x 2``. ``visual_preprocessing`` and ``audio_preprocessing`` describe the inputs the
-    backbones expect (from their builders).
-    """
-
-    def __init__(self, visual: nn.Module, audio: nn.Module, head: nn.Module, seq_len: int):
-        super().__init__()
-        self.visual = visual
-        self.audio = audio
-        self.head = head
-        self.seq_len = int(seq_len)
-        self.visual_preprocessing = dict(
-            getattr(visual, "avemo_config", {}).get("preprocessing", {})
-        )
-        self.audio_preprocessing = dict(getattr(audio, "avemo_config", {}).get("preprocessing", {}))
-        self.avemo_preprocessing = {
-            "visual": self.visual_preprocessing,
-            "audio": self.audio_preprocessing,
-            "seq_len": self.seq_len,
-        }
-
-    def encode_visual(self, clips: torch.Tensor) -> torch.Tensor:
-        """Normalised clips ``B x 3 x T x H x W`` -> features ``B x Dv``."""
-        return self.visual(clips)
-
-    def encode_audio(self, specs: torch.Tensor) -> torch.Tensor:
-        """Spectrograms ``B x 1 x 64 x 107`` -> features ``B x Da``."""
-        return self.audio(specs)
-
-    def fuse(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """Features ``B x L x Da`` and ``B x L x Dv`` -> ``B x L x 2`` (valence, arousal)."""
-        return self.head(audio, visual)
-
-    def forward(self, clips: torch.Tensor, specs: torch.Tensor) -> torch.Tensor:
-        """Clips ``B x L x 3 x T x H x W``, spectrograms ``B x L x 1 x 64 x 107`` -> ``B x L x 2``.
-
-        The L clips of each sequence go through the backbones as one batch of ``B * L``.
-        """
-        b, length = clips.shape[:2]
-        visual = self.encode_visual(clips.flatten(0, 1)).view(b, length, -1)
-        audio = self.encode_audio(specs.flatten(0, 1)).view(b, length, -1)
-        return self.fuse(audio, visual)
-
-
-@register("pipeline", "pipeline")
-def pipeline(visual: dict, audio: dict, head: dict, seq_len: int) -> Pipeline:
-    """A :class:`Pipeline` from three ``{"builder": name, "kwargs": {...}}`` specs."""
-    parts = {}
-    for role, spec, component in (
-        ("visual", visual, "visual_backbone"),
-        ("audio", audio, "audio_backbone"),
-        ("head", head, "head"),
-    ):
-        if not isinstance(spec, dict) or not isinstance(spec.get("builder"), str):
-            raise ValueError(f"{role} must be a dict {{'builder': name, 'kwargs': {{...}}}}")
-        name = spec["builder"]
-        kind = builder(name).component if name in builders() else None
-        if kind != component:
-            raise ValueError(f"{role} must be a {component} builder, got {name!r} ({kind})")
-        parts[role] = build(name, **spec.get("kwargs", {}))
-    return Pipeline(parts["visual"], parts["audio"], parts["head"], seq_len)

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from avemo.backbones import normalise_clips
 from avemo.clips import (
     CLIP_FRAMES,
     CLIP_WINDOW,
@@ -35,7 +34,9 @@ from avemo.clips import (
     to_frames,
     window_has_face,
 )
-from avemo.faces import align
+from avemo.devices import autocast, to_device
+from avemo.face.align import align, expression_crop
+from avemo.models.backbones import normalise_clips
 from avemo.spectrogram import LogMel, clip_waveforms
 
 
@@ -54,21 +55,6 @@ class Timer:
             self.seconds[stage] += time.perf_counter() - start
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on request (CPU or CUDA), else a no-op context."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on ``device``; through pinned memory and a non-blocking copy on CUDA."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
-
-
 class ExpressionPredictor:
     """Valence/arousal per frame from the expression classifier, batched across frames."""
 
@@ -83,7 +69,7 @@ class ExpressionPredictor:
         bf16: bool,
         timer: Timer,
     ) -> None:
-        from avemo import expression
+        from avemo.models import expression
 
         self.expression = expression
         self.model, self.device, self.batch_size, self.bf16 = model, device, batch_size, bf16
@@ -102,7 +88,7 @@ class ExpressionPredictor:
         if not self.needed[index]:
             return
         with self.timer("align"):
-            self._crops.append(self.expression.expression_crop(image, landmarks))
+            self._crops.append(expression_crop(image, landmarks))
         self._frames.append(index)
         if len(self._crops) >= self.batch_size:
             self._flush()

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from avemo.decode import VideoInfo, iter_frames, probe
 from avemo.errors import AvemoError
-from avemo.faces import align
-from avemo.tracking import TRACK_MIN_HITS, Tracker, box_size, dominant_tracks
+from avemo.face.align import align
+from avemo.face.track import TRACK_MIN_HITS, Tracker, box_size, dominant_tracks
 
 DECODE_QUEUE = 8  # frames decoded ahead of the detector
 CROP_QUALITY = 95  # JPEG quality of saved crops
@@ -181,8 +181,8 @@ def detect_tracks(
 ) -> FaceScan:
     """Pass 1: decode ``path``, detect faces (on every ``detect_every``-th frame) and track them.
 
-    ``detector`` is a callable RGB image -> :class:`avemo.faces.Detections` (see
-    :func:`avemo.faces.build_detector`). Raises :class:`AvemoError` for unreadable videos.
+    ``detector`` is a callable RGB image -> :class:`avemo.face.detect.Detections` (see
+    :func:`avemo.face.detect.build_detector`). Raises :class:`AvemoError` for unreadable videos.
     """
     if detect_every < 1:
         raise ValueError(f"detect_every must be at least 1, got {detect_every}")
@@ -359,9 +359,9 @@ def scan_faces(
     progress: bool = False,
 ) -> pd.DataFrame:
     """The ``avemo faces`` table of one video (:func:`faces_table` of :func:`detect_tracks`);
-    ``detector`` defaults to :func:`avemo.faces.build_detector`'s CenterFace."""
+    ``detector`` defaults to :func:`avemo.face.detect.build_detector`'s CenterFace."""
     if detector is None:
-        from avemo.faces import build_detector
+        from avemo.face.detect import build_detector
 
         detector = build_detector()
     scan = detect_tracks(path, detector, detect_every=detect_every, progress=progress)

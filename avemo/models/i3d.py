@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from avemo.backbones import I3D_CLIP_SIZE, I3D_MEAN, I3D_STD, visual_preprocessing
-from avemo.models import register
+from avemo.models.backbones import I3D_CLIP_SIZE, I3D_MEAN, I3D_STD, visual_preprocessing
+from avemo.models.registry import register
 
 BN_EPS = 1e-3  # batch-norm epsilon of every I3D unit (TensorFlow's default)
 BN_MOMENTUM = 0.01

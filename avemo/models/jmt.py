@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avemo.backbones import FEATURE_DIM
-from avemo.models import register
+from avemo.models.backbones import FEATURE_DIM
+from avemo.models.registry import register
 
 HEADS = 1  # attention heads
 LAYERS = 1  # layers per encoder block

