@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from avemo.cache import Features, cached_videos, read_features
 from avemo.clips import sequences
 from avemo.errors import AvemoError
-from avemo.extract import Features, cached_videos, read_features
+from avemo.labels import pair_base
 
 VALIDATION_BATCH = 64  # sequences per forward pass when predicting a whole video
 
@@ -163,15 +164,6 @@ def predict_video(
             out[ends[valid]] = pred.float().cpu().numpy()[valid]
     model.train(was_training)
     return out
-
-
-def pair_base(name: str) -> str:
-    """The video a ``<base>_left`` / ``<base>_right`` name was cut from (else the name itself);
-    the two halves of an Aff-Wild2 two-person video share its file and audio track (SPEC 8)."""
-    from avemo.labels import split_side
-
-    split = split_side(name)
-    return split[0] if split else name
 
 
 def split_folds(names: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:

@@ -334,3 +334,10 @@ def split_side(name: str) -> tuple[str, str] | None:
     """``("video10_1", "left")`` for ``"video10_1_left"``; None for other names."""
     match = _SIDE.match(name)
     return (match["base"], match["side"]) if match else None
+
+
+def pair_base(name: str) -> str:
+    """The video a ``<base>_left`` / ``<base>_right`` name was cut from (else the name itself);
+    the two halves of an Aff-Wild2 two-person video share its file and audio track (SPEC 8)."""
+    split = split_side(name)
+    return split[0] if split else name

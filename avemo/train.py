@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from avemo.cache import cached_videos, read_cache_info
 from avemo.dataset import (
     SequenceDataset,
     Video,
@@ -42,7 +43,6 @@ from avemo.dataset import (
     validation_names,
 )
 from avemo.errors import AvemoError
-from avemo.extract import cached_videos, read_cache_info
 from avemo.files import atomic_path
 from avemo.metrics import ccc_loss
 

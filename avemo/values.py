@@ -25,19 +25,15 @@ import numpy as np
 import torch
 
 from avemo.clips import (
-    CLIP_FRAMES,
     CLIP_WINDOW,
-    NO_FRAME,
     clip_ends,
-    clip_frames,
     sequences,
     to_frames,
     window_has_face,
 )
-from avemo.devices import autocast, to_device
+from avemo.devices import autocast
 from avemo.face.align import align, expression_crop
-from avemo.models.backbones import normalise_clips
-from avemo.spectrogram import LogMel, clip_waveforms
+from avemo.features import Backbones, ClipStream, FeatureEngine
 
 
 class Timer:
@@ -119,21 +115,14 @@ class ExpressionPredictor:
         return values, extra
 
 
-def needed_frames(present: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Which frames' crops the clips ending at ``ends`` sample (so others need no alignment)."""
-    needed = np.zeros(len(present), dtype=bool)
-    for end in ends:
-        frames = clip_frames(int(end), present)
-        needed[frames[frames != NO_FRAME]] = True
-    return needed
-
-
 class FusionPredictor:
     """Valence/arousal per frame from a whole audio-visual pipeline (backbones + fusion head).
 
-    ``pipeline`` is an :class:`avemo.models.Pipeline`; ``audio`` anything with the
-    ``window(t0, t1)`` of :class:`avemo.decode.AudioReader` (called with non-decreasing ``t0``);
-    ``times`` the decoded frames' timestamps.
+    ``pipeline`` is an :class:`avemo.models.Pipeline`; the backbones run in the feature engine
+    (:class:`avemo.features.ClipStream`, the same code as ``avemo extract``), the head once per
+    block of ``32 * L`` frames, when all the clips of the block's sequences are known. ``audio``
+    is anything with the ``window(t0, t1)`` of :class:`avemo.decode.AudioReader`; ``times`` the
+    decoded frames' timestamps.
     """
 
     def __init__(
@@ -150,29 +139,24 @@ class FusionPredictor:
         bf16: bool,
         timer: Timer,
     ) -> None:
-        self.pipeline, self.device, self.batch_size, self.bf16 = pipeline, device, batch_size, bf16
-        self.present = np.asarray(present, dtype=bool)
-        self.times, self.fps, self.audio, self.timer = np.asarray(times), fps, audio, timer
-        self.num_frames = len(self.present)
+        self.pipeline, self.device, self.bf16, self.timer = pipeline, device, bf16, timer
+        engine = FeatureEngine(
+            Backbones.of_pipeline(pipeline),
+            device=device,
+            batch_size=batch_size,
+            bf16=bf16,
+            timer=timer,
+        )
+        self.stream = ClipStream(engine, present, times, fps, audio, stride=stride)
+        self.present = self.stream.present
+        self.num_frames = self.stream.num_frames
         self.seq_len = int(pipeline.seq_len)
         self.block = CLIP_WINDOW * self.seq_len
-        self.preprocessing = pipeline.visual_preprocessing
-        size = self.preprocessing["size"]
-        self.size = int(size[0] if isinstance(size, list | tuple) else size)
-        self.logmel = LogMel().to(device)
-        # 3D convolutions run faster on channels-last clips (oneDNN, cuDNN); a no-op for the rest
-        self.memory_format = torch.channels_last_3d
-        for module in pipeline.visual.modules():
-            if isinstance(module, torch.nn.Conv3d):
-                module.to(memory_format=self.memory_format)
-        self.stride = stride
-        self.ends = clip_ends(self.num_frames, stride)  # row k of self.values is end k * stride
-        self.needed = needed_frames(self.present, self.ends)
+        self.stride, self.size = stride, engine.size
+        self.ends = self.stream.ends  # row k of self.values is end k * stride
         self.blocks: dict[int, list[np.ndarray]] = defaultdict(list)
         for seq in sequences(self.num_frames, self.seq_len, stride):
             self.blocks[int(seq[0]) // self.block].append(seq)
-        self._crops: dict[int, np.ndarray] = {}
-        self._pending: list[tuple[int, np.ndarray]] = []
         self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._dims: tuple[int, int] | None = None
         self.values = np.full((len(self.ends), 2), np.nan, np.float32)
@@ -180,45 +164,20 @@ class FusionPredictor:
     def push(self, index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
         """Feed frame ``index`` (RGB) with this track's 5 landmarks there (NaN without a face);
         the face is aligned only when a clip samples this frame."""
-        if self.needed[index]:
+        crop = None
+        if self.stream.needed[index]:
             with self.timer("align"):
-                self._crops[index] = align(image, landmarks, self.size)
-        self._crops.pop(index - CLIP_WINDOW, None)
-        if index % self.stride == 0:
-            self._pending.append((index, self._clip(index)))
-            if len(self._pending) >= self.batch_size:
-                self._encode()
+                crop = align(image, landmarks, self.size)
+        self._keep(self.stream.push(index, crop))
         if index % self.block == self.block - 1 or index == self.num_frames - 1:
-            self._encode()
+            self._keep(self.stream.flush())
             self._fuse(index // self.block)
 
-    def _clip(self, end: int) -> np.ndarray:
-        """The clip ending at ``end`` as ``T x H x W x 3`` uint8 (zeros for a faceless window)."""
-        clip = np.zeros((CLIP_FRAMES, self.size, self.size, 3), dtype=np.uint8)
-        for t, frame in enumerate(clip_frames(end, self.present)):
-            if frame != NO_FRAME:
-                clip[t] = self._crops[int(frame)]
-        return clip
-
-    def _encode(self) -> None:
-        """Both backbones on the pending clips, batched."""
-        if not self._pending:
-            return
-        ends = np.array([end for end, _ in self._pending])
-        clips = np.stack([clip for _, clip in self._pending])
-        self._pending = []
-        with self.timer("audio"):
-            waves = clip_waveforms(self.audio, self.times, ends, self.fps)
-        with self.timer("backbones"), torch.inference_mode():
-            x = to_device(clips, self.device).permute(0, 4, 1, 2, 3)
-            x = normalise_clips(x, self.preprocessing).contiguous(memory_format=self.memory_format)
-            specs = self.logmel(to_device(waves, self.device))
-            with autocast(self.device, self.bf16):
-                visual = self.pipeline.encode_visual(x).float()
-                audio = self.pipeline.encode_audio(specs).float()
-        self._dims = (audio.shape[1], visual.shape[1])
-        for k, end in enumerate(ends):
-            self._features[int(end)] = (audio[k], visual[k])
+    def _keep(self, batches) -> None:
+        for ends, audio, visual in batches:
+            self._dims = (audio.shape[1], visual.shape[1])
+            for k, end in enumerate(ends):
+                self._features[int(end)] = (audio[k], visual[k])
 
     def _fuse(self, block: int) -> None:
         """The fusion head on every sequence of ``block``; padding clips get zero features."""
@@ -241,7 +200,7 @@ class FusionPredictor:
 
     def finish(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per-frame ``N x 2`` values, NaN on frames whose 32-frame window has no face."""
-        self._encode()
+        self._keep(self.stream.flush())
         for block in sorted(self.blocks):
             self._fuse(block)
         values = to_frames(self.ends, self.values, self.num_frames)

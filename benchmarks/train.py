@@ -32,17 +32,11 @@ import torch
 
 from avemo import models
 from avemo import train as T
+from avemo.cache import Features, read_features, write_features
 from avemo.dataset import VALIDATION_BATCH, SequenceDataset, Video, predict_video
-from avemo.extract import (
-    Backbones,
-    ClipMaker,
-    Features,
-    Source,
-    crop_frames,
-    extract_video,
-    read_features,
-    write_features,
-)
+from avemo.extract import CropReader, Source, extract_video
+from avemo.features import Backbones, FeatureEngine
+from avemo.models.backbones import normalise_clips
 
 TRAIN_FRAMES = 2_600_000  # Aff-Wild2 VA training frames (about)
 VAL_FRAMES = 376_000  # Aff-Wild2 VA validation frames (about)
@@ -120,6 +114,14 @@ def sample_dataset(root: Path, frames: int = 64) -> Source:
     return Source("talk", video, crops)
 
 
+def make_clips(crops: Path, prep: dict, indices: np.ndarray) -> torch.Tensor:
+    """Normalised clips ``B x 3 x 8 x S x S`` of the given frame indices (-1: black)."""
+    reader = CropReader(crops, int(prep["size"][0]))
+    black = np.zeros((reader.size, reader.size, 3), np.uint8)
+    clips = np.stack([[reader(i) if i >= 0 else black for i in row] for row in indices])
+    return normalise_clips(torch.from_numpy(clips).permute(0, 4, 1, 2, 3), prep)
+
+
 def bench_extraction(backbones: list[str], device: torch.device) -> None:
     from avemo.clips import clip_frames
     from avemo.decode import iter_frames, load_audio, probe
@@ -133,7 +135,6 @@ def bench_extraction(backbones: list[str], device: torch.device) -> None:
         decode_s = timed(lambda: [f.time for f in iter_frames(source.video, info=info)], 2)
         times = np.array([f.time for f in iter_frames(source.video, info=info)])
         n = len(times)
-        frames = crop_frames(source.crops)
         present = np.ones(n, bool)
         ends = np.arange(n - 8, n)
         indices = np.stack([clip_frames(int(e), present) for e in ends])
@@ -160,10 +161,10 @@ def bench_extraction(backbones: list[str], device: torch.device) -> None:
             prep = net.avemo_config["preprocessing"]
 
             def assemble(prep=prep):
-                ClipMaker(frames, prep).clips(indices)
+                return make_clips(source.crops, prep, indices)
 
             assemble_rate = len(ends) / timed(assemble, 2)
-            clips = ClipMaker(frames, prep).clips(indices).to(device)
+            clips = assemble().to(device)
             with torch.inference_mode():
                 backbone_rate = len(ends) / timed(lambda net=net, clips=clips: net(clips), 2)
             total = 1 / (
@@ -174,9 +175,9 @@ def bench_extraction(backbones: list[str], device: torch.device) -> None:
         # one real run of the whole path (R(2+1)D-18) to check the combined estimate
         visual = models.build("r2plus1d_18").eval().to(device)
         description = {"visual": {"preprocessing": visual.avemo_config["preprocessing"]}}
-        both = Backbones(visual, audio_net, description)
+        engine = FeatureEngine(Backbones(visual, audio_net, description), device=device)
         start = time.perf_counter()
-        extract_video(source, both, batch_size=8, device=device, progress=False)
+        extract_video(source, engine, progress=False)
         print(f"extract_video, r2plus1d_18, {n} clips: {n / (time.perf_counter() - start):.2f} "
               "clips/s end to end")  # fmt: skip
     finally:

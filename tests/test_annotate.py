@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import tiny  # tests/tiny.py: small registered backbones
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from avemo import models
@@ -23,59 +22,14 @@ from avemo.decode import iter_frames
 from avemo.errors import AvemoError
 
 annotate_module = importlib.import_module("avemo.annotate")
-SEQ_LEN = 2  # clips per sequence of the tiny pipeline: blocks of 64 frames
-
-
-def tiny_pipeline() -> nn.Module:
-    return models.build(
-        "pipeline",
-        visual={"builder": tiny.VIDEO, "kwargs": {}},
-        audio={"builder": tiny.AUDIO, "kwargs": {}},
-        head={
-            "builder": "jca",
-            "kwargs": {
-                "audio_dim": 8,
-                "visual_dim": 16,
-                "seq_len": SEQ_LEN,
-                "proj_dim": 8,
-                "attn_dim": 8,
-                "hidden": 8,
-            },
-        },
-        seq_len=SEQ_LEN,
-    )
+SEQ_LEN = tiny.SEQ_LEN
+tiny_pipeline = tiny.tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def trained_pipeline(tmp_path_factory):
     """A tiny pipeline trained by this fixture for a few steps on synthetic data (CCC loss)."""
-    from avemo.metrics import ccc_loss
-
-    torch.manual_seed(0)
-    net = tiny_pipeline().train()
-    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
-    clips = torch.randn(4, SEQ_LEN, 3, 8, 112, 112)
-    specs = torch.randn(4, SEQ_LEN, 1, 64, 107)
-    target = torch.tanh(clips.mean(dim=(2, 3, 4, 5), keepdim=False)).unsqueeze(-1).repeat(1, 1, 2)
-    for _ in range(5):
-        optimiser.zero_grad()
-        out = net(clips, specs)
-        loss = ccc_loss(out[..., 0].flatten(), target[..., 0].flatten()) + ccc_loss(
-            out[..., 1].flatten(), target[..., 1].flatten()
-        )
-        loss.backward()
-        optimiser.step()
-    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    models.save(
-        net.eval(),
-        path,
-        provenance={
-            "trained": True,
-            "source": "tests: 5 Adam steps on synthetic clips",
-            "training": {"steps": 5, "data": "synthetic"},
-        },
-    )
-    return path
+    return tiny.trained_pipeline(tmp_path_factory.mktemp("models") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

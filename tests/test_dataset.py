@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from avemo import dataset as D
+from avemo.cache import Features
 from avemo.clips import CLIP_WINDOW
 from avemo.errors import AvemoError
-from avemo.extract import Features
+from avemo.labels import pair_base
 
 
 def test_sequences_cover_every_frame_once_and_mask_invalid_labels():
@@ -73,8 +74,8 @@ def test_labels_read_minus_five_as_missing_and_validation_lists_name_videos(tmp_
         D.validation_names(["c"], found)
     with pytest.raises(AvemoError, match="no such validation folder or list file"):
         D.validation_names(tmp_path / "nope", found)
-    assert D.pair_base("b_left") == D.pair_base("b_right") == "b"
-    assert D.pair_base("left") == "left" and D.pair_base("a") == "a"
+    assert pair_base("b_left") == pair_base("b_right") == "b"
+    assert pair_base("left") == "left" and pair_base("a") == "a"
 
 
 def test_predictions_cover_every_frame_of_the_cache_in_order():
@@ -91,7 +92,7 @@ def test_predictions_cover_every_frame_of_the_cache_in_order():
 
 
 def test_videos_are_found_in_the_cache_by_name_and_ambiguity_is_an_error(tmp_path):
-    from avemo.extract import write_features
+    from avemo.cache import write_features
 
     features = Features(
         "clip", np.zeros((5, 2)), np.zeros((5, 3)), np.arange(1, 6), np.ones(5, bool)

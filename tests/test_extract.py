@@ -16,21 +16,12 @@ from typer.testing import CliRunner
 
 from avemo import dataset as D
 from avemo import models
+from avemo.cache import CACHE_JSON, Features, read_cache_info, read_features, write_features
 from avemo.cli import app
 from avemo.clips import clip_frames
 from avemo.errors import AvemoError
-from avemo.extract import (
-    CACHE_JSON,
-    ClipMaker,
-    Features,
-    Source,
-    crop_frames,
-    find_sources,
-    read_cache_info,
-    read_features,
-    write_features,
-)
-from avemo.models.backbones import CLIP_SIZE
+from avemo.extract import CropReader, Source, crop_frames, find_sources
+from avemo.models.backbones import CLIP_SIZE, normalise_clips
 
 FRAMES = 120  # frames of the test clips (4 s of carphone)
 MISSING = {"pair_left": range(40, 50), "pair_right": range(0, 40)}  # frames without a face crop
@@ -245,12 +236,16 @@ def test_extract_writes_one_dense_file_per_video_and_describes_the_backbones(aff
 def test_cached_visual_features_are_the_backbone_on_the_clip_of_each_end_frame(affwild2, cache):
     features = read_features(cache / "pair_left.npz")
     backbone = models.load(affwild2 / "visual.safetensors")
-    frames = crop_frames(affwild2 / "cropped_aligned" / "pair_left")
+    reader = CropReader(affwild2 / "cropped_aligned" / "pair_left", CLIP_SIZE)
     present = np.zeros(FRAMES, bool)
-    present[list(frames)] = True
-    maker = ClipMaker(frames, read_cache_info(cache)["visual"]["preprocessing"])
+    present[list(reader.frames)] = True
     ends = np.array([0, 45, 47, 119])  # 41..50 are missing: their windows have fewer frames
-    clips = maker.clips(np.stack([clip_frames(int(e), present) for e in ends]))
+    black = np.zeros((CLIP_SIZE, CLIP_SIZE, 3), np.uint8)
+    clips = np.stack(
+        [[reader(i) if i >= 0 else black for i in clip_frames(int(e), present)] for e in ends]
+    )
+    clips = torch.from_numpy(clips).permute(0, 4, 1, 2, 3)  # B x 3 x T x H x W
+    clips = normalise_clips(clips, read_cache_info(cache)["visual"]["preprocessing"])
     assert clips.shape == (4, 3, 8, CLIP_SIZE, CLIP_SIZE)
     with torch.inference_mode():
         expected = backbone(clips).numpy()

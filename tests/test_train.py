@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from avemo import dataset as D
 from avemo import models
 from avemo import train as T
+from avemo.cache import CACHE_FORMAT, CACHE_JSON, Features, write_features
 from avemo.cli import app
 from avemo.clips import CLIP_WINDOW
 from avemo.errors import AvemoError
-from avemo.extract import CACHE_FORMAT, CACHE_JSON, Features, write_features
 
 # small widths so that every head trains in seconds on a CPU
 SMALL = {

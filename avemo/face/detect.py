@@ -267,13 +267,14 @@ def build_detector(
     name: str = "centerface",
     model: str | os.PathLike | None = None,
     *,
-    size: int = WORKING_SIZE,
+    size: int | None = WORKING_SIZE,
     threshold: float | None = None,
     device: str = "auto",
 ):
     """A face detector by name: ``centerface`` (bundled; ``model`` may name another copy of its
     file) or ``scrfd`` (``model`` is required: an insightface SCRFD/RetinaFace .onnx file)."""
     name = name.strip().lower()
+    size = WORKING_SIZE if size is None else int(size)
     if name == "centerface":
         threshold = CENTERFACE_THRESHOLD if threshold is None else threshold
         return CenterFace(size, threshold, device, model_path=model)

@@ -36,6 +36,12 @@ from avemo.face.align import align
 from avemo.face.track import TRACK_MIN_HITS, Tracker, box_size, dominant_tracks
 
 DECODE_QUEUE = 8  # frames decoded ahead of the detector
+# Run the detector on every K-th frame (boxes and landmarks interpolated between). `avemo faces`
+# detects on every frame, since its table of detections is the product; annotate and extract
+# detect on every 2nd: detection is the costliest stage of the default model, and faces move
+# little in 1/30 s.
+DETECT_EVERY_FACES = 1
+DETECT_EVERY_ANNOTATE = 2
 CROP_QUALITY = 95  # JPEG quality of saved crops
 NO_FACE_ID = -1  # face_id of the rows of a video without any face
 NUM_LANDMARKS = 5
