@@ -24,17 +24,15 @@ import torch
 from avemo import __version__
 from avemo.devices import torch_device
 from avemo.errors import AvemoError
+from avemo.face.scan import DETECT_EVERY_ANNOTATE
+from avemo.features import DEFAULT_BATCH_SIZE
 from avemo.files import sha256_file
 
 DEFAULT_MODEL = "fer-mini-xception"  # the bundled offline default (see README, "Default model")
 # default --stride per kind of model: chosen so that 640x480 30 fps runs at the speed targets on a
 # 2-core CPU (benchmarks/annotate.py); must divide 32
 DEFAULT_STRIDE = {"expression": 1, "pipeline": 8}
-# run the face detector on every 2nd frame (boxes and landmarks interpolated between): detection
-# is the costliest stage of the default model, and faces move little in 1/30 s
-DEFAULT_DETECT_EVERY = 2
-DEFAULT_BATCH_SIZE = 8  # clips (pipelines) or faces x 4 (expression model) per forward pass; on
-# 2 CPU cores larger batches are no faster and raise peak memory (benchmarks/annotate.py)
+EXPRESSION_BATCH_FACTOR = 4  # the expression model takes this many faces per clip of a batch
 COLUMNS = ("frame", "timestamp", "face_id", "success", "confidence", "valence", "arousal")
 BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
 RUNNABLE = ("expression", "pipeline")  # checkpoint components annotate can run
@@ -105,17 +103,11 @@ def check_runnable(spec: Model, *, allow_untrained: bool = False) -> None:
 
 
 def default_bf16(kind: str, device: torch.device) -> bool:
-    """bf16 autocast unless asked otherwise: for pipelines on hardware with native bf16 (CPUs
-    with AVX512-BF16/AMX, recent GPUs), where it runs the 3D backbones about twice as fast; the
-    small expression model stays in float32."""
-    if kind != "pipeline":
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # private API: absent means no fast path known
-        return False
+    """bf16 autocast unless asked otherwise: for pipelines on hardware with native bf16, where
+    it runs the 3D backbones about twice as fast; the small expression model stays float32."""
+    from avemo.devices import native_bf16
+
+    return kind == "pipeline" and native_bf16(device)
 
 
 @functools.lru_cache(maxsize=2)
@@ -131,8 +123,7 @@ def _detector(name: str, model, size, threshold, device: str):
     """The face detector, built once per batch."""
     from avemo.face.detect import build_detector
 
-    sized = {} if size is None else {"size": size}
-    return build_detector(name, model, threshold=threshold, device=device, **sized)
+    return build_detector(name, model, size=size, threshold=threshold, device=device)
 
 
 def _stride(stride: int | None, kind: str) -> int:
@@ -179,10 +170,12 @@ def annotate(
 
     started = time.perf_counter()
     path = Path(path)
-    detect_every = DEFAULT_DETECT_EVERY if detect_every is None else int(detect_every)
+    detect_every = DETECT_EVERY_ANNOTATE if detect_every is None else int(detect_every)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    spec = model if isinstance(model, Model) else resolve_model(model)
-    check_runnable(spec, allow_untrained=allow_untrained)
+    # a Model comes checked from resolve_model (annotate_videos resolves it once per batch)
+    if not isinstance(model, Model):
+        model = resolve_model(model, allow_untrained=allow_untrained)
+    spec = model
     stride = _stride(stride, spec.kind)
     torch_dev = torch_device(device)
     net = _load_module(str(spec.path), spec.sha256, str(torch_dev))
@@ -214,7 +207,7 @@ def annotate(
                         track.present,
                         stride=stride,
                         device=torch_dev,
-                        batch_size=batch_size * 4,
+                        batch_size=batch_size * EXPRESSION_BATCH_FACTOR,
                         bf16=bf16,
                         timer=timer,
                     )
@@ -372,7 +365,7 @@ def annotate_videos(
     from avemo.writers import get_writer
 
     get_writer(fmt)  # unknown formats fail before any work
-    spec = resolve_model(model)
+    spec = resolve_model(model, allow_untrained=options.get("allow_untrained", False))
     _stride(options.get("stride"), spec.kind)
     jobs = find_jobs(inputs, output)
     if not jobs:

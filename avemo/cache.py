@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avemo.errors import AvemoError
+from avemo.errors import InputError
 from avemo.files import atomic_path
 
 CACHE_FORMAT = 1  # version of cache.json and of the per-video files
@@ -105,20 +105,20 @@ def read_features(path: str | os.PathLike, name: str | None = None) -> Features:
     """Open one video's cached features (memory-mapped); clear errors for a bad file."""
     path = Path(path)
     if not path.is_file():
-        raise AvemoError("no such feature file", path)
+        raise InputError("no such feature file", path)
     try:
         arrays = _member_arrays(path)
     except (zipfile.BadZipFile, ValueError, OSError, struct.error) as error:
-        raise AvemoError(
+        raise InputError(
             f"not a readable feature file ({error}); delete it and rerun", path
         ) from None
     missing = [key for key in ARRAYS if key not in arrays]
     if missing:
-        raise AvemoError(f"not an avemo feature file (missing {', '.join(missing)})", path)
+        raise InputError(f"not an avemo feature file (missing {', '.join(missing)})", path)
     n = len(arrays["frame"])
     for key in ("audio", "visual"):
         if arrays[key].ndim != 2 or arrays[key].shape[0] != n:
-            raise AvemoError(f"{key} has shape {arrays[key].shape}, expected {n} rows", path)
+            raise InputError(f"{key} has shape {arrays[key].shape}, expected {n} rows", path)
     info = json.loads(str(arrays["info"])) if "info" in arrays else {}
     return Features(
         name=name or path.stem,
@@ -134,13 +134,13 @@ def read_cache_info(cache: str | os.PathLike) -> dict:
     """The ``cache.json`` of a feature cache folder."""
     path = Path(cache) / CACHE_JSON
     if not path.is_file():
-        raise AvemoError(f"not a feature cache (no {CACHE_JSON}; run `avemo extract`)", cache)
+        raise InputError(f"not a feature cache (no {CACHE_JSON}; run `avemo extract`)", cache)
     try:
         info = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise AvemoError(f"corrupt cache description ({error})", path) from None
+        raise InputError(f"corrupt cache description ({error})", path) from None
     if info.get("format") != CACHE_FORMAT:
-        raise AvemoError(f"cache format {info.get('format')} is not supported", path)
+        raise InputError(f"cache format {info.get('format')} is not supported", path)
     return info
 
 

@@ -1,10 +1,16 @@
-"""Command-line interface: parses arguments and calls library functions, nothing more.
+"""Command-line interface: parses arguments, calls one library function per command, reports.
 
-Exit status: 0 when every file succeeded, 1 when any file failed, 2 for usage errors.
+Every command runs through :func:`_reported`, the one error wrapper: an :class:`AvemoError` that
+escapes the library function is one ``error:`` line and exit status ``error.status`` (2 for a
+usage or configuration error, 1 for a failed input; see :mod:`avemo.errors`), and a batch
+command exits with its result's status (0 all done, 1 some file failed). Option defaults are the
+library's: an option left unset is passed as None and the library function applies its default.
+``AVEMO_DEBUG=1`` shows tracebacks instead.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -15,8 +21,6 @@ import typer
 
 from avemo import __version__
 from avemo.errors import AvemoError
-from avemo.face.align import CROP_SIZES
-from avemo.face.detect import WORKING_SIZE
 
 app = typer.Typer(
     name="avemo",
@@ -25,6 +29,32 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _reported(command):
+    """The one error wrapper of every command (see the module docstring)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AvemoError as error:
+            if os.environ.get("AVEMO_DEBUG"):
+                raise
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(error.status) from None
+
+    return run
+
+
+def _finish(result) -> None:
+    """Report a batch result (summary line on stderr) and exit with its status."""
+    typer.echo(result.summary("videos"), err=True)
+    raise typer.Exit(result.exit_code)
+
+
+def _progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def _version(value: bool) -> None:
@@ -70,8 +100,10 @@ MaxFaces = Annotated[
 ]
 
 DetectSize = Annotated[
-    int,
-    typer.Option("--detect-size", min=32, help="Longer side (px) of the image the detector sees."),
+    int | None,
+    typer.Option(
+        "--detect-size", min=32, help="Longer side (px) of the image the detector sees (320)."
+    ),
 ]
 Threshold = Annotated[
     float | None,
@@ -99,6 +131,7 @@ Progress = Annotated[
 
 
 @app.command()
+@_reported
 def sample() -> None:
     """Print the path of the sample clip installed with avemo (for trying it out)."""
     from avemo.files import sample_video
@@ -107,6 +140,7 @@ def sample() -> None:
 
 
 @app.command()
+@_reported
 def annotate(
     inputs: Inputs,
     output: OutputDir,
@@ -148,10 +182,7 @@ def annotate(
     ] = None,
     detector: Detector = "centerface",
     detector_model: DetectorModel = None,
-    detect_size: Annotated[
-        int | None,
-        typer.Option("--detect-size", help="Longer side (px) the detector works at."),
-    ] = None,
+    detect_size: DetectSize = None,
     detect_every: Annotated[
         int | None,
         typer.Option(
@@ -167,8 +198,8 @@ def annotate(
     """Write per-frame valence and arousal for every video: OUT/<rel>/<stem>.csv (+ .json)."""
     from avemo.annotate import annotate_videos
 
-    try:
-        result = annotate_videos(
+    _finish(
+        annotate_videos(
             inputs,
             output,
             model=model,
@@ -184,26 +215,14 @@ def annotate(
             detect_size=detect_size,
             detect_every=detect_every,
             max_faces=max_faces,
-            progress=sys.stderr.isatty() if progress is None else progress,
+            progress=_progress(progress),
         )
-    except AvemoError as error:  # the model, an option or the inputs as a whole: usage error
-        if os.environ.get("AVEMO_DEBUG"):
-            raise
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(result.summary("videos"), err=True)
-    raise typer.Exit(result.exit_code)
+    )
 
 
 def main() -> None:
     """Entry point of the ``avemo`` console script."""
-    try:
-        app()
-    except AvemoError as error:  # a problem with the whole command, not one file
-        if os.environ.get("AVEMO_DEBUG"):
-            raise
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    app()
 
 
 # --- avemo weights: named weights, the download cache and verification (avemo.hub) ------------
@@ -213,14 +232,6 @@ weights_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
-
-
-def _weights_failed(error: AvemoError) -> typer.Exit:
-    """Report a failed weights operation on one line; exit status 1."""
-    if os.environ.get("AVEMO_DEBUG"):
-        raise error
-    typer.echo(f"error: {error}", err=True)
-    return typer.Exit(1)
 
 
 def _size(size: int | None) -> str:
@@ -234,22 +245,17 @@ def _size(size: int | None) -> str:
 
 
 @weights_app.command("list")
+@_reported
 def weights_list() -> None:
     """List the known weights, what they are, and whether they are here."""
     from avemo import hub
 
     rows = [("NAME", "COMPONENT", "IMPORT", "SIZE", "SHA256", "STATUS")]
-    for entry in hub.load_manifest().values():
+    for row in hub.table():
         rows.append(
-            (
-                entry.name,
-                entry.component,
-                entry.import_format or "-",
-                _size(entry.size),
-                "known" if entry.sha256 else "unknown",
-                hub.status(entry),
-            )
-        )
+            (row["name"], row["component"], row["import"] or "-", _size(row["size"]),
+             row["sha256"], row["status"])
+        )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -257,6 +263,7 @@ def weights_list() -> None:
 
 
 @weights_app.command("info")
+@_reported
 def weights_info(name: Annotated[str, typer.Argument(help="A name from `avemo weights list`.")]):
     """Show everything the manifest and the cache know about NAME."""
     from avemo import hub
@@ -271,6 +278,7 @@ def weights_info(name: Annotated[str, typer.Argument(help="A name from `avemo we
 
 
 @weights_app.command("pull")
+@_reported
 def weights_pull(
     names: Annotated[list[str], typer.Argument(help="Names from `avemo weights list`.")],
     trust: Annotated[
@@ -286,23 +294,15 @@ def weights_pull(
     """Download weights into the cache, resuming partial downloads, verifying the sha256."""
     from avemo import hub
 
-    manifest = hub.load_manifest()
-    for name in names:
-        hub.get(name, manifest)  # an unknown name is a usage error (status 2), before any download
-    failed = False
-    for name in names:
-        try:
-            path = hub.pull(name, trust=trust, manifest=manifest, timeout=timeout)
-        except AvemoError as error:
-            _weights_failed(error)
-            failed = True
-        else:
+    done = hub.pull_many(names, trust=trust, timeout=timeout)
+    for name, path in done.items():
+        if path is not None:
             typer.echo(f"{name}: {path}")
-    if failed:
-        raise typer.Exit(1)
+    raise typer.Exit(1 if None in done.values() else 0)
 
 
 @weights_app.command("verify")
+@_reported
 def weights_verify(
     name: Annotated[
         str | None, typer.Argument(help="One name; default: every bundled and cached file.")
@@ -328,6 +328,7 @@ def weights_verify(
 
 
 @weights_app.command("import")
+@_reported
 def weights_import(
     sources: Annotated[
         list[str],
@@ -391,73 +392,29 @@ def weights_import(
     """Convert published checkpoints into avemo checkpoints that avemo.models.load rebuilds."""
     from avemo import convert
 
-    def usage(message: str) -> typer.Exit:
-        typer.echo(f"error: {message}", err=True)
-        return typer.Exit(2)
-
-    if fmt is not None and fmt not in convert.FORMATS:
-        raise usage(f"unknown format {fmt!r}; one of {', '.join(convert.FORMATS)}")
-    if len(sources) > 1 and not pipeline:
-        raise usage("several sources are imported together only with --pipeline")
-    if name is not None and len(sources) > 1:
-        raise usage("--name describes one source file")
-    if features not in {None, "pool", "flat"}:
-        raise usage("--features must be pool or flat")
-    if regressor not in {None, *convert.JCA_REGRESSOR_MODES}:
-        raise usage(f"--regressor takes {' or '.join(convert.JCA_REGRESSOR_MODES)}")
-    if dimension not in {None, *convert.DIMENSIONS}:
-        raise usage("--dimension must be valence or arousal")
-    given = {"features": features, "regressor": regressor, "dimension": dimension, "heads": heads}
-    options = {k: v for k, v in given.items() if v is not None}
-    from avemo import hub
-
-    try:
-        manifest = hub.load_manifest()
-        if name is not None:
-            hub.get(name, manifest)
-        for src in sources:  # an unknown name is a usage error (status 2), before any work
-            path = Path(src).expanduser()
-            if not path.exists() and "/" not in src and not path.suffix:
-                hub.get(src, manifest)
-    except AvemoError as error:
-        raise usage(str(error)) from None
-    try:
-        if pipeline:
-            paths = [
-                convert.import_pipeline(
-                    sources,
-                    output,
-                    fmt=fmt,
-                    seq_len=seq_len,
-                    member=member,
-                    overwrite=overwrite,
-                    **options,
-                )
-            ]
-            roles = ["pipeline"]
-        else:
-            paths = convert.import_weights(
-                sources[0], fmt, output, name=name, member=member, overwrite=overwrite, **options
-            )
-            roles = [_role(p) for p in paths]
-    except AvemoError as error:
-        raise _weights_failed(error) from None
-    for role, path in zip(roles, paths, strict=True):
+    written = convert.import_command(
+        sources,
+        output,
+        fmt=fmt,
+        pipeline=pipeline,
+        name=name,
+        member=member,
+        seq_len=seq_len,
+        overwrite=overwrite,
+        features=features,
+        regressor=regressor,
+        dimension=dimension,
+        heads=heads,
+    )
+    for role, path in written:
         typer.echo(f"{role}: {path}")
-
-
-def _role(path: Path) -> str:
-    """The pipeline role of an imported checkpoint, from its file's header."""
-    from avemo import models
-
-    component = models.read_header(path)["component"]
-    return {"visual_backbone": "visual", "audio_backbone": "audio"}.get(component, component)
 
 
 # --- avemo evaluate: scores against ground truth (avemo.evaluate) ------------------------------
 
 
 @app.command()
+@_reported
 def evaluate(
     predictions: Annotated[
         Path,
@@ -510,7 +467,6 @@ def evaluate(
 ) -> None:
     """Score predictions against labels: CCC, PCC, RMSE, SAGR (ABAW conventions)."""
     from avemo.evaluate import evaluate as run
-    from avemo.files import atomic_path
 
     names = None
     if columns is not None:
@@ -519,56 +475,43 @@ def evaluate(
             raise typer.BadParameter(
                 "give two column names: VALENCE,AROUSAL", param_hint="--columns"
             )
-    try:
-        result = run(
-            predictions,
-            labels,
-            pooling=pooling,
-            missing=missing,
-            smooth=smooth,
-            face_id=face_id,
-            columns=names,
-            bootstrap=bootstrap,
-            seed=seed,
-            per_video=per_video,
-            plots=plots,
-        )
-        if json_path is not None:
-            with atomic_path(json_path) as tmp:
-                tmp.write_text(result.to_json() + "\n")
-    except AvemoError as error:
-        if os.environ.get("AVEMO_DEBUG"):
-            raise
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    result = run(
+        predictions,
+        labels,
+        pooling=pooling,
+        missing=missing,
+        smooth=smooth,
+        face_id=face_id,
+        columns=names,
+        bootstrap=bootstrap,
+        seed=seed,
+        per_video=per_video,
+        plots=plots,
+        json_path=json_path,
+    )
     typer.echo(result.table())
 
 
-# --- avemo faces: detect, track and align faces (avemo.faces, avemo.tracking, avemo.facetrack) ---
-
-
-def _crop_size(value: int) -> int:
-    if value not in CROP_SIZES:
-        raise typer.BadParameter(f"must be one of {', '.join(map(str, CROP_SIZES))}")
-    return value
-
-
-def crops_folder(job, face_id: int) -> Path:
-    """Where a job's aligned crops go: ``OUT/<rel>/<stem>/`` (``<stem>_face<id>/`` after the
-    dominant face)."""
-    name = job.output_stem.name + (f"_face{face_id}" if face_id else "")
-    return job.output_stem.with_name(name)
+# --- avemo faces: detect, track and align faces (avemo.faces, avemo.face) --------------------
 
 
 @app.command()
+@_reported
 def faces(
     inputs: Inputs,
     output: OutputDir,
     detector: Detector = "centerface",
     detector_model: DetectorModel = None,
-    detect_size: DetectSize = WORKING_SIZE,
+    detect_size: DetectSize = None,
     threshold: Threshold = None,
-    detect_every: DetectEvery = 1,
+    detect_every: Annotated[
+        int | None,
+        typer.Option(
+            "--detect-every",
+            min=1,
+            help="Detect on every K-th frame only, interpolating the faces in between (default 1).",
+        ),
+    ] = None,
     max_faces: MaxFaces = 1,
     save_crops: Annotated[
         bool,
@@ -577,74 +520,52 @@ def faces(
         ),
     ] = False,
     crop_size: Annotated[
-        int, typer.Option("--crop-size", callback=_crop_size, help="Crop side, px: 112 or 224.")
-    ] = 112,
+        int | None, typer.Option("--crop-size", help="Crop side, px: 112 (default) or 224.")
+    ] = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
     progress: Progress = None,
 ) -> None:
     """Detect and track faces: OUT/<rel>/<stem>.faces.csv per video, one row per frame and face."""
-    from avemo.batch import find_jobs, run_batch
-    from avemo.face.detect import build_detector
-    from avemo.face.scan import detect_tracks, faces_table
-    from avemo.face.scan import save_crops as write_crops
-    from avemo.writers import get_writer
+    from avemo.faces import faces_videos
 
-    try:
-        face_detector = build_detector(
-            detector, detector_model, size=detect_size, threshold=threshold, device=device
+    options = {"detect_every": detect_every, "crop_size": crop_size}
+    _finish(
+        faces_videos(
+            inputs,
+            output,
+            detector=detector,
+            detector_model=detector_model,
+            detect_size=detect_size,
+            threshold=threshold,
+            max_faces=max_faces,
+            save_crops=save_crops,
+            device=device,
+            overwrite=overwrite,
+            progress=_progress(progress),
+            **{key: value for key, value in options.items() if value is not None},
         )
-    except AvemoError as error:  # a bad option value: usage error
-        if os.environ.get("AVEMO_DEBUG"):
-            raise
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    jobs = find_jobs(inputs, output)
-    if not jobs:
-        typer.echo(f"error: no video files in {', '.join(map(str, inputs))}", err=True)
-        raise typer.Exit(2)
-    show = sys.stderr.isatty() if progress is None else progress
-    writer = get_writer("csv")
-
-    def outputs(job) -> list[Path]:
-        return [job.output(".faces.csv")] + ([crops_folder(job, 0)] if save_crops else [])
-
-    def process(job) -> None:
-        scan = detect_tracks(job.source, face_detector, detect_every=detect_every, progress=show)
-        if save_crops:
-            for track in scan.tracks(max_faces):
-                write_crops(job.source, track, crops_folder(job, track.face_id), crop_size)
-        writer.write(faces_table(scan, max_faces), job.output(".faces.csv"))
-
-    result = run_batch(jobs, process, outputs=outputs, overwrite=overwrite)
-    typer.echo(result.summary("videos"), err=True)
-    raise typer.Exit(result.exit_code)
+    )
 
 
 # --- avemo extract / train / bundle: fusion-head training on cached features (issue 6) ---------
 
 
-def _failed(error: AvemoError) -> typer.Exit:
-    """Report a failed command on one line; exit status 1."""
-    if os.environ.get("AVEMO_DEBUG"):
-        raise error
-    typer.echo(f"error: {error}", err=True)
-    return typer.Exit(1)
-
-
 @app.command()
+@_reported
 def extract(
     inputs: Annotated[
         list[Path], typer.Argument(help="Video files and/or folders: frame times and audio.")
     ],
+    output: OutputDir,
     crops: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--crops",
-            help="Face crops: Aff-Wild2 cropped_aligned/ or `avemo faces --save-crops` output.",
+            help="Face crops: Aff-Wild2 cropped_aligned/ or `avemo faces --save-crops` output "
+            "(default: find the faces in the videos, as annotate does).",
         ),
-    ],
-    output: OutputDir,
+    ] = None,
     visual: Annotated[
         str | None, typer.Option("--visual", help="Visual backbone checkpoint (file or name).")
     ] = None,
@@ -659,18 +580,34 @@ def extract(
         list[Path] | None,
         typer.Option("--labels", help="Label folder(s): extract only the labelled videos."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per pass.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Clips per pass (default 8).")
+    ] = None,
     device: Device = "auto",
     bf16: Annotated[
         bool, typer.Option("--bf16", help="bfloat16 autocast (faster on recent CPUs and GPUs).")
     ] = False,
+    detector: Detector = "centerface",
+    detector_model: DetectorModel = None,
+    detect_size: DetectSize = None,
+    detect_every: Annotated[
+        int | None,
+        typer.Option(
+            "--detect-every",
+            min=1,
+            help="Without --crops: run the detector every K frames (default 2, as annotate).",
+        ),
+    ] = None,
+    threshold: Threshold = None,
     overwrite: Overwrite = False,
+    progress: Progress = None,
 ) -> None:
     """Cache backbone features of every clip (one <video>.npz each) for `avemo train`."""
     from avemo.extract import extract as run
 
-    try:
-        result = run(
+    options = {"batch_size": batch_size, "detect_every": detect_every}
+    _finish(
+        run(
             inputs,
             crops,
             output,
@@ -678,18 +615,21 @@ def extract(
             audio=audio,
             pipeline=pipeline,
             labels=labels,
-            batch_size=batch_size,
             device=device,
             bf16=bf16,
+            detector=detector,
+            detector_model=detector_model,
+            detect_size=detect_size,
+            threshold=threshold,
             overwrite=overwrite,
+            progress=_progress(progress),
+            **{key: value for key, value in options.items() if value is not None},
         )
-    except AvemoError as error:
-        raise _failed(error) from None
-    typer.echo(result.summary("videos"), err=True)
-    raise typer.Exit(result.exit_code)
+    )
 
 
 @app.command()
+@_reported
 def train(
     features: Annotated[Path, typer.Option("--features", help="Feature cache (avemo extract).")],
     labels: Annotated[
@@ -698,7 +638,9 @@ def train(
     head: Annotated[
         str,
         typer.Option(
-            "--head", help="jca, jmt, jca_tbiom, concat, cross_attention or leader_follower."
+            "--head",
+            help="A registered fusion head: jca, jmt, jca_tbiom, concat, cross_attention or "
+            "leader_follower (`avemo.train.heads()`).",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint (.safetensors).")],
@@ -759,31 +701,26 @@ def train(
         num_workers=workers,
         overwrite=overwrite,
     )
-    try:
-        if folds is not None and fold is None:
-            if val is not None or pipeline is not None:
-                raise AvemoError("--folds without --fold trains every fold: no --val, --pipeline")
-            results = training.cross_validate(
-                features, labels, head, output, folds=folds, **options
-            )
-            typer.echo(training.fold_summary(results).to_string(index=False, float_format="%.4f"))
-            return
-        result = training.train(
-            features, labels, head, output, validation=val, folds=folds, fold=fold, **options
-        )
+    results, bundled = training.run(
+        features, labels, head, output, validation=val, folds=folds, fold=fold,
+        pipeline=pipeline, **options,
+    )  # fmt: skip
+    if len(results) > 1:
+        typer.echo(training.fold_summary(results).to_string(index=False, float_format="%.4f"))
+    else:
+        result = results[0]
         scores = result.validation
         typer.echo(
             f"{result.output}: best epoch {result.best_epoch} of {result.epochs_run}, validation "
             f"CCC valence {scores['ccc_valence']:.4f} arousal {scores['ccc_arousal']:.4f} "
             f"mean {scores['ccc_mean']:.4f} (log: {result.log})"
         )
-        if pipeline is not None:
-            typer.echo(f"pipeline: {training.bundle(result.output, features, pipeline)}")
-    except AvemoError as error:
-        raise _failed(error) from None
+    if bundled is not None:
+        typer.echo(f"pipeline: {bundled}")
 
 
 @app.command()
+@_reported
 def bundle(
     head: Annotated[Path, typer.Argument(help="Fusion head checkpoint from `avemo train`.")],
     features: Annotated[
@@ -794,7 +731,4 @@ def bundle(
     """Bundle the cache's backbones and a trained head into one checkpoint for annotate."""
     from avemo.train import bundle as run
 
-    try:
-        typer.echo(str(run(head, features, output)))
-    except AvemoError as error:
-        raise _failed(error) from None
+    typer.echo(str(run(head, features, output)))

@@ -20,7 +20,7 @@ from torch import nn
 
 from avemo.cache import Features, cached_videos, read_features
 from avemo.clips import sequences
-from avemo.errors import AvemoError
+from avemo.errors import AvemoError, InputError
 from avemo.labels import pair_base
 
 VALIDATION_BATCH = 64  # sequences per forward pass when predicting a whole video
@@ -46,7 +46,7 @@ def label_files(folders: Sequence[str | os.PathLike]) -> dict[str, Path]:
     for folder in folders:
         for name, path in find_files(folder).items():
             if name in found and found[name] != path:
-                raise AvemoError(f"two label files for video {name!r}: {found[name]}", path)
+                raise InputError(f"two label files for video {name!r}: {found[name]}", path)
             found[name] = path
     return found
 
@@ -75,7 +75,7 @@ def load_videos(
         found = [cache[name]] if name in cache else by_stem.get(Path(name).name, [])
         if len(found) != 1:
             problem = "no cached features" if not found else f"{len(found)} cached feature files"
-            raise AvemoError(f"video {name!r} has labels but {problem}", features)
+            raise InputError(f"video {name!r} has labels but {problem}", features)
         path = found[0]
         videos.append(Video(read_features(path, Path(name).name), read_labels(labels[name])))
     return videos
@@ -197,18 +197,18 @@ def validation_names(validation: str | os.PathLike | Sequence[str], labels: dict
         if path.is_dir():
             found = label_files([path])
             if not found:
-                raise AvemoError("no label files (*.txt) in the validation folder", path)
+                raise InputError("no label files (*.txt) in the validation folder", path)
             labels.update(found)
             return sorted(found)
         if path.is_file():
             names = [line.strip() for line in path.read_text().splitlines()]
             names = [Path(n).stem if n.endswith(".txt") else n for n in names if n]
         else:
-            raise AvemoError("no such validation folder or list file", path)
+            raise InputError("no such validation folder or list file", path)
     else:
         names = list(validation)
     unknown = [n for n in names if n not in labels]
     if unknown:
         where = validation if isinstance(validation, str | os.PathLike) else None
-        raise AvemoError(f"validation video {unknown[0]!r} has no label file", where)
+        raise InputError(f"validation video {unknown[0]!r} has no label file", where)
     return sorted(names)

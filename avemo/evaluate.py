@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avemo.errors import AvemoError
+from avemo.errors import AvemoError, InputError
 from avemo.files import atomic_path
 from avemo.labels import VALUES, as_table, find_files, read_table, split_side
 from avemo.metrics import SCORE_KEYS, moments, score, score_moments
@@ -155,7 +155,7 @@ def _check_labels(table: pd.DataFrame, name: str) -> None:
     outside = np.abs(values) > 1
     if outside.any():
         row, column = np.argwhere(outside)[0]
-        raise AvemoError(
+        raise InputError(
             f"label {VALUES[column]} {values[row, column]:g} at frame {table.index[row]} is "
             "outside [-1, 1] (and not -5): not a valence/arousal label file?",
             name,
@@ -286,6 +286,7 @@ def evaluate(
     seed: int = 0,
     per_video: str | os.PathLike | None = None,
     plots: str | os.PathLike | None = None,
+    json_path: str | os.PathLike | None = None,
     columns: tuple[str, str] | None = None,
 ) -> Result:
     """Score predictions against labels; see the module docstring for every convention.
@@ -296,7 +297,8 @@ def evaluate(
     columns of avemo/generic prediction CSVs (default ``valence, arousal``). ``bootstrap`` > 0
     adds ``<metric>_ci_low/_ci_high`` keys (resampling videos, ``seed``). ``per_video`` writes the
     per-video table as CSV; ``plots`` writes per-video traces and a valence-arousal scatter as
-    PNGs into that folder. Bad or unmatched inputs raise ``AvemoError``.
+    PNGs into that folder; ``json_path`` the summary numbers as JSON. Bad options raise
+    ``AvemoError``, bad or unmatched inputs ``InputError``.
     """
     if pooling not in POOLINGS:
         raise AvemoError(f"unknown pooling {pooling!r}: use {' or '.join(POOLINGS)}")
@@ -306,7 +308,7 @@ def evaluate(
         raise AvemoError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
     label_sources = _sources(labels, "labels")
     if not label_sources:
-        raise AvemoError("no label files found", None if isinstance(labels, Mapping) else labels)
+        raise InputError("no label files found", None if isinstance(labels, Mapping) else labels)
     prediction_sources = _sources(predictions, "predictions")
     # with --smooth, annotate CSVs are read unsmoothed, so that the filter is applied once
     options = {"face_id": face_id, "columns": columns, "raw": smooth}
@@ -348,7 +350,7 @@ def evaluate(
     notes = [f"{v.name}: {v.note}" for v in videos if v.note]
     unused = sorted(set(prediction_sources) - used)
     if not used:
-        raise AvemoError(
+        raise InputError(
             f"no prediction matches a label file by name (labels: {_some(label_sources)}; "
             f"predictions: {_some(unused) or 'none found'})"
         )
@@ -364,7 +366,7 @@ def evaluate(
 
     scored = [v for v in videos if v.scores["n_frames"] > 0]
     if not scored:
-        raise AvemoError("no frame has both a valid label and a prediction")
+        raise InputError("no frame has both a valid label and a prediction")
     summary = _pooled(scored, pooling)
     summary = (
         {key: summary[key] for key in SCORE_KEYS}
@@ -386,4 +388,7 @@ def evaluate(
         from avemo.plots import plot_videos
 
         plot_videos(scored, plots)
+    if json_path is not None:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(result.to_json() + "\n")
     return result

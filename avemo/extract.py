@@ -30,7 +30,7 @@ from avemo.cache import (
     write_features,
 )
 from avemo.errors import AvemoError
-from avemo.face.scan import DETECT_EVERY_ANNOTATE
+from avemo.face.scan import DETECT_EVERY_ANNOTATE, OTHER_FACE
 from avemo.features import DEFAULT_BATCH_SIZE, Backbones, ClipStream, FeatureEngine, load_backbones
 from avemo.files import atomic_path
 from avemo.labels import SIDES, pair_base
@@ -38,7 +38,6 @@ from avemo.labels import SIDES, pair_base
 log = logging.getLogger("avemo")
 
 CROP_PATTERN = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)  # %05d.jpg, 1-based frame number
-FACE_SUFFIX = re.compile(r"_face\d+$")  # crops of face k > 0: OUT/<rel>/<stem>_face<k>/
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ def find_sources(
         stem = Path(folder).name
         video = by_relative.get(folder)
         # <stem>_face<k>: another face of the video <stem> (avemo faces --max-faces)
-        other_face = FACE_SUFFIX.sub("", stem)
+        other_face = OTHER_FACE.sub("", stem)
         video = video or by_relative.get(Path(folder).with_name(other_face).as_posix())
         for candidate in (stem, pair_base(stem), other_face):
             if video is None and len(by_stem.get(candidate, [])) == 1:

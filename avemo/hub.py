@@ -31,8 +31,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from avemo import __version__
-from avemo.errors import AvemoError
+from avemo import __version__, models
+from avemo.errors import AvemoError, InputError
 from avemo.files import atomic_path, sha256_file
 from avemo.weights import DIRECTORY
 
@@ -45,10 +45,8 @@ CHUNK_SIZE = 1 << 20  # bytes per read while downloading
 DEFAULT_TIMEOUT = 30.0  # s, for connecting and for each read
 DEFAULT_RETRIES = 3  # resumptions after a connection dropped mid-file, per URL
 
-COMPONENTS = frozenset(
-    {"visual_backbone", "audio_backbone", "backbones", "head", "pipeline", "expression"}
-)
-IMPORT_FORMATS = frozenset({"tsav", "pytorch-i3d", "jca-cvpr", "jca-journal", "jmt", "torchvision"})
+# what a manifest file may hold: a component, or both backbones of one network (TSAV)
+COMPONENTS = models.COMPONENTS | {"backbones"}
 REQUIRED_KEYS = (
     "name",
     "component",
@@ -177,8 +175,10 @@ def _parse_entry(raw: object, where: str, path: Path) -> Weights:
     if raw["bundled"] and urls:
         raise bad("a bundled entry has no URLs")
     fmt = raw["import_format"]
-    if fmt is not None and fmt not in IMPORT_FORMATS:
-        raise bad(f"'import_format' must be null or one of {', '.join(sorted(IMPORT_FORMATS))}")
+    from avemo.models.layouts import FORMATS
+
+    if fmt is not None and fmt not in FORMATS:
+        raise bad(f"'import_format' must be null or one of {', '.join(FORMATS)}")
     if sha is None and "unknown" not in raw["notes"].lower() and "todo" not in raw["notes"].lower():
         raise bad("an entry without sha256 must say in 'notes' that the hash is unknown")
     return Weights(
@@ -406,12 +406,12 @@ def _check_file(entry: Weights, path: Path, expected: str | None) -> str:
     """Hash ``path`` and compare with what is known; raise AvemoError (naming it) if it differs."""
     size = path.stat().st_size
     if entry.size is not None and size != entry.size:
-        raise AvemoError(f"size {size} bytes, expected {entry.size}", path)
+        raise InputError(f"size {size} bytes, expected {entry.size}", path)
     digest = sha256_file(path)
     if expected and digest != expected:
-        raise AvemoError(f"sha256 {digest}, expected {expected}", path)
+        raise InputError(f"sha256 {digest}, expected {expected}", path)
     if entry.sha256_prefix and not digest.startswith(entry.sha256_prefix):
-        raise AvemoError(f"sha256 {digest} does not start with {entry.sha256_prefix}", path)
+        raise InputError(f"sha256 {digest} does not start with {entry.sha256_prefix}", path)
     return digest
 
 
@@ -449,7 +449,7 @@ def pull(
                     _save_record(entry, digest, trusted=not entry.sha256)
                     return entry.path
             else:
-                raise AvemoError(
+                raise InputError(
                     f"{name} is present but has no known sha256: check where it came from, then "
                     f"`avemo weights verify {name} --trust` records its hash",
                     entry.path,
@@ -457,7 +457,7 @@ def pull(
         if not entry.urls:
             raise AvemoError(f"{name} has no public download: {entry.manual_way()}")
         if not expected and not trust:
-            raise AvemoError(
+            raise InputError(
                 f"{name} has no published sha256, so avemo cannot verify it: run "
                 f"`avemo weights pull {name} --trust` to download it and record its hash"
             )
@@ -479,13 +479,13 @@ def pull(
                         f" (expected: the hash recorded when you trusted it; remove {name!r} "
                         f"from {cache_dir() / STATE_FILE} to trust a new file)"
                     )
-                raise AvemoError(why, url) from None
+                raise InputError(why, url) from None
             os.replace(part, entry.path)
             _save_record(entry, digest, trusted=not entry.sha256, url=url)
             if not expected:
                 log.warning("%s: recorded sha256 %s (trusted, not verified)", name, digest)
             return entry.path
-        raise AvemoError(
+        raise InputError(
             f"cannot download {name}: {'; '.join(failures)}. Manual way: {entry.manual_way()}"
         )
 
@@ -500,7 +500,7 @@ def _fetch_with_retries(
         except _Cut as cut:
             kept = entry.part_path.stat().st_size if entry.part_path.exists() else 0
             if attempt == retries:
-                raise AvemoError(
+                raise InputError(
                     f"download of {entry.name} interrupted ({cut}); {kept} bytes kept in "
                     f"{entry.part_path}: run the same command again to resume",
                     url,
@@ -640,3 +640,41 @@ def describe(entry: Weights) -> dict[str, object]:
     if record:
         info["recorded"] = record
     return info
+
+
+def table() -> list[dict[str, object]]:
+    """One row per manifest entry for ``avemo weights list``: name, component, import format,
+    size in bytes (None: unknown), whether its sha256 is known, and its cache status."""
+    return [
+        {
+            "name": entry.name,
+            "component": entry.component,
+            "import": entry.import_format,
+            "size": entry.size,
+            "sha256": "known" if entry.sha256 else "unknown",
+            "status": status(entry),
+        }
+        for entry in load_manifest().values()
+    ]
+
+
+def pull_many(
+    names: list[str], *, trust: bool = False, timeout: float = DEFAULT_TIMEOUT, stream=None
+) -> dict[str, Path | None]:
+    """``avemo weights pull``: every name's file into the cache; name -> its path, or None when
+    it failed (one ``error:`` line each on ``stream``). An unknown name is an
+    :class:`AvemoError` before any download."""
+    import sys
+
+    stream = stream or sys.stderr
+    manifest = load_manifest()
+    for name in names:
+        get(name, manifest)
+    done: dict[str, Path | None] = {}
+    for name in names:
+        try:
+            done[name] = pull(name, trust=trust, manifest=manifest, timeout=timeout)
+        except AvemoError as error:
+            print(f"error: {error}", file=stream, flush=True)
+            done[name] = None
+    return done

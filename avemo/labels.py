@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avemo.errors import AvemoError
+from avemo.errors import InputError
 
 log = logging.getLogger("avemo")
 
@@ -52,16 +52,16 @@ def _header(path: Path) -> list[str]:
         with open(path, encoding="utf-8-sig") as handle:
             line = handle.readline()
     except UnicodeDecodeError:
-        raise AvemoError("not a text file", path) from None
+        raise InputError("not a text file", path) from None
     except OSError as error:
-        raise AvemoError(f"cannot read: {error.strerror or error}", path) from None
+        raise InputError(f"cannot read: {error.strerror or error}", path) from None
     if not line.strip():
-        raise AvemoError("empty file (expected a header line)", path)
+        raise InputError("empty file (expected a header line)", path)
     return [name.strip().lower() for name in line.split(",")]
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """Which of ``FORMATS`` a file is, from its header line; AvemoError when none."""
+    """Which of ``FORMATS`` a file is, from its header line; InputError when none."""
     path = Path(path)
     names = _header(path)
     if names == list(VALUES):
@@ -74,7 +74,7 @@ def detect_format(path: str | os.PathLike) -> str:
         return "generic"
     shown = ",".join(names)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    raise AvemoError(
+    raise InputError(
         f"unrecognised header {shown!r}: expected an Aff-Wild2 label file (valence,arousal), a "
         "challenge file (image_location,valence,arousal), an avemo CSV or a CSV with frame, "
         "valence and arousal columns",
@@ -83,32 +83,32 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """The CSV with lower-cased column names; AvemoError for anything malformed."""
+    """The CSV with lower-cased column names; InputError for anything malformed."""
     try:
         data = pd.read_csv(path, skipinitialspace=True, encoding="utf-8-sig", low_memory=False)
     except UnicodeDecodeError:
-        raise AvemoError("not a text file", path) from None
+        raise InputError("not a text file", path) from None
     except pd.errors.EmptyDataError:
-        raise AvemoError("empty file", path) from None
+        raise InputError("empty file", path) from None
     except pd.errors.ParserError as error:
         lines = str(error).strip().splitlines()
-        raise AvemoError(f"malformed CSV: {lines[-1] if lines else error}", path) from None
+        raise InputError(f"malformed CSV: {lines[-1] if lines else error}", path) from None
     if not isinstance(data.index, pd.RangeIndex):  # pandas took the surplus as an index
-        raise AvemoError("malformed CSV: lines with more values than header columns", path)
+        raise InputError("malformed CSV: lines with more values than header columns", path)
     data.columns = [str(name).strip().lower() for name in data.columns]
     missing = [name for name in required if name not in data.columns]
     if missing:
-        raise AvemoError(f"no {', '.join(missing)} column(s) (has {', '.join(data.columns)})", path)
+        raise InputError(f"no {', '.join(missing)} column(s) (has {', '.join(data.columns)})", path)
     return data
 
 
 def _numbers(data: pd.DataFrame, column: str, path: Path, *, values: bool = True) -> np.ndarray:
-    """A column as float64 (-5 as NaN for ``values``); AvemoError names a line with no number."""
+    """A column as float64 (-5 as NaN for ``values``); InputError names a line with no number."""
     numbers = pd.to_numeric(data[column], errors="coerce")
     bad = numbers.isna() & data[column].notna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise AvemoError(
+        raise InputError(
             f"line {row + 2}: {column} is not a number: {str(data[column].iloc[row])!r}", path
         )
     numbers = numbers.to_numpy(dtype=np.float64, copy=True)
@@ -118,20 +118,20 @@ def _numbers(data: pd.DataFrame, column: str, path: Path, *, values: bool = True
 
 
 def _frames(values: np.ndarray, column: str, path: Path) -> np.ndarray:
-    """Frame numbers as int64; AvemoError for missing, fractional or negative ones."""
+    """Frame numbers as int64; InputError for missing, fractional or negative ones."""
     bad = np.isnan(values) | (values != np.round(values)) | (values < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise AvemoError(f"line {row + 2}: bad {column} number {values[row]!r}", path)
+        raise InputError(f"line {row + 2}: bad {column} number {values[row]!r}", path)
     return values.astype(np.int64)
 
 
 def _table(frames: np.ndarray, values: np.ndarray, path: Path) -> pd.DataFrame:
-    """A frame table; AvemoError when a frame appears twice."""
+    """A frame table; InputError when a frame appears twice."""
     table = pd.DataFrame(values, columns=list(VALUES), index=pd.Index(frames, name="frame"))
     duplicated = table.index.duplicated()
     if duplicated.any():
-        raise AvemoError(f"frame {int(table.index[duplicated][0])} appears twice", path)
+        raise InputError(f"frame {int(table.index[duplicated][0])} appears twice", path)
     return table.sort_index()
 
 
@@ -151,15 +151,15 @@ def read_challenge(path: str | os.PathLike) -> pd.DataFrame:
     numbers = locations.str.extract(_IMAGE_NUMBER, expand=False)
     if numbers.isna().any():
         row = int(np.flatnonzero(numbers.isna().to_numpy())[0])
-        raise AvemoError(
+        raise InputError(
             f"line {row + 2}: image_location {locations.iloc[row]!r} is not <video>/NNNNN.jpg", path
         )
     videos = sorted(set(locations.str.rpartition("/")[0]))
     if len(videos) > 1:
-        raise AvemoError(f"rows of several videos ({', '.join(videos[:3])}): one per file", path)
+        raise InputError(f"rows of several videos ({', '.join(videos[:3])}): one per file", path)
     frames = numbers.astype(np.int64).to_numpy() - 1
     if (frames < 0).any():
-        raise AvemoError("image numbers are 1-based: found 0", path)
+        raise InputError("image numbers are 1-based: found 0", path)
     values = np.column_stack([_numbers(data, name, path) for name in VALUES])
     return _table(frames, values, path)
 
@@ -178,11 +178,11 @@ def _side_face(faces: pd.DataFrame, side: str, columns: list[str], path: Path) -
     """The face id on the ``side`` of the image, among the two most predicted tracks."""
     for name in ("face_x", "face_width"):
         if name not in faces.columns:
-            raise AvemoError(f"no {name} column: cannot tell the {side} face", path)
+            raise InputError(f"no {name} column: cannot tell the {side} face", path)
     predicted = faces[~np.isnan(faces[columns].to_numpy()).any(axis=1)]
     counts = predicted["face_id"].value_counts()
     if len(counts) < 2:
-        raise AvemoError(
+        raise InputError(
             f"{len(counts)} face track(s) with predictions: the {side} face of a two-person video "
             "needs two (annotate with --max-faces 2)",
             path,
@@ -227,17 +227,17 @@ def read_avemo(
     elif face_id is not None:
         present = sorted(set(faces["face_id"].tolist()))
         if face_id not in present:
-            raise AvemoError(f"no face id {face_id} (ids: {', '.join(map(str, present))})", path)
+            raise InputError(f"no face id {face_id} (ids: {', '.join(map(str, present))})", path)
         chosen = int(face_id)
     elif faces["frame"].duplicated().any():
         present = ", ".join(map(str, sorted(set(faces["face_id"].tolist()))))
-        raise AvemoError(
+        raise InputError(
             f"several faces per frame (ids {present}): choose one with --face-id", path
         )
     rows = faces if chosen is None else faces[faces["face_id"] == chosen]
     if rows["frame"].duplicated().any():
         frame = int(rows["frame"][rows["frame"].duplicated()].iloc[0])
-        raise AvemoError(f"face {chosen} appears twice in frame {frame}", path)
+        raise InputError(f"face {chosen} appears twice in frame {frame}", path)
     values = rows.set_index("frame")[columns].reindex(frames).to_numpy(np.float64, copy=True)
     table = _table(frames, values, path)
     table.attrs["face_id"] = chosen
@@ -262,7 +262,7 @@ def read_table(
     path = Path(path)
     kind = detect_format(path)
     if side is not None and kind != "avemo":
-        raise AvemoError(
+        raise InputError(
             f"a {kind} file has no face boxes, so the {side} face of a two-person video cannot be "
             "chosen from it: name it <video>_left/_right or use an avemo CSV",
             path,
@@ -287,10 +287,10 @@ def as_table(data: pd.DataFrame, name: str = "table") -> pd.DataFrame:
         data = data.set_index("frame")
     missing = [column for column in VALUES if column not in data.columns]
     if missing:
-        raise AvemoError(f"no {', '.join(missing)} column(s)", name)
+        raise InputError(f"no {', '.join(missing)} column(s)", name)
     frames = np.asarray(data.index, dtype=np.float64)
     if np.isnan(frames).any() or (frames != np.round(frames)).any() or (frames < 0).any():
-        raise AvemoError("frame numbers must be non-negative integers", name)
+        raise InputError("frame numbers must be non-negative integers", name)
     values = data[list(VALUES)].to_numpy(dtype=np.float64, copy=True)
     values[values == INVALID_LABEL] = np.nan
     table = _table(frames.astype(np.int64), values, Path(name))
@@ -309,7 +309,7 @@ def find_files(path: str | os.PathLike) -> dict[str, Path]:
     if path.is_file():
         return {path.stem: path}
     if not path.is_dir():
-        raise AvemoError("no such file or folder", path)
+        raise InputError("no such file or folder", path)
     found: dict[str, Path] = {}
     for candidate in sorted(path.rglob("*")):
         if candidate.suffix.lower() not in SUFFIXES or candidate.name.endswith(".faces.csv"):
@@ -318,11 +318,11 @@ def find_files(path: str | os.PathLike) -> dict[str, Path]:
             continue
         try:
             detect_format(candidate)
-        except AvemoError as error:
+        except InputError as error:
             log.info("skipped %s", error)
             continue
         if candidate.stem in found:
-            raise AvemoError(
+            raise InputError(
                 f"two files for video {candidate.stem!r}: {found[candidate.stem]} and {candidate}",
                 path,
             )

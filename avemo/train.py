@@ -42,13 +42,18 @@ from avemo.dataset import (
     split_folds,
     validation_names,
 )
-from avemo.errors import AvemoError
+from avemo.errors import AvemoError, InputError
 from avemo.files import atomic_path
 from avemo.metrics import ccc_loss
 
 log = logging.getLogger("avemo")
 
-HEADS = ("jca", "jmt", "jca_tbiom", "concat", "cross_attention", "leader_follower")
+
+def heads() -> list[str]:
+    """The names of every registered fusion head (what ``--head`` takes)."""
+    from avemo import models
+
+    return list(models.builders("head"))
 
 
 @dataclass(frozen=True)
@@ -228,10 +233,10 @@ def fit(
     output = Path(output)
     device = torch.device(device)
     if not val_videos:
-        raise AvemoError("no validation videos: give a validation set or folds")
+        raise InputError("no validation videos: give a validation set or folds")
     dataset = SequenceDataset(train_videos, recipe.seq_len)
     if len(dataset) == 0:
-        raise AvemoError("no training sequences: the training videos have no cached clips")
+        raise InputError("no training sequences: the training videos have no cached clips")
     settings = {
         "recipe": dataclasses.asdict(recipe),
         "seed": seed,
@@ -396,34 +401,20 @@ def _write_log(path: Path, history: list[dict]) -> None:
 
 
 def head_arguments(head: str, audio_dim: int, visual_dim: int, seq_len: int) -> dict:
-    """The builder arguments that fit a head to features of these widths and to L clips."""
-    import inspect
-
+    """The builder arguments that fit a head to features of these widths and to L clips (what
+    the head declares with its ``@register(..., train_arguments=...)``)."""
     from avemo import models
 
     try:
         entry = models.builder(head)
     except KeyError:
-        raise AvemoError(f"unknown head {head!r}; one of {', '.join(HEADS)}") from None
+        raise AvemoError(f"unknown head {head!r}; one of {', '.join(heads())}") from None
     if entry.component != "head":
         raise AvemoError(f"{head!r} is a {entry.component}, not a fusion head")
-    if head == "jmt":  # one width for both streams
-        if audio_dim != visual_dim:
-            raise AvemoError(
-                f"jmt needs audio and visual features of one width, the cache has {audio_dim} "
-                f"and {visual_dim} (extract pooled 512-d visual features)"
-            )
-        return {"dim": audio_dim}
-    if head == "jca_tbiom":  # the visual vector is `positions` rows of the audio width
-        if visual_dim % audio_dim:
-            raise AvemoError(
-                f"jca_tbiom needs visual features that are rows of the audio width ({audio_dim}),"
-                f" the cache has {visual_dim} (extract R(2+1)D features in flat mode)"
-            )
-        return {"audio_dim": audio_dim, "positions": visual_dim // audio_dim, "seq_len": seq_len}
-    accepted = inspect.signature(entry.function).parameters
-    arguments = {"audio_dim": audio_dim, "visual_dim": visual_dim, "seq_len": seq_len}
-    return {key: value for key, value in arguments.items() if key in accepted}
+    try:
+        return entry.train_arguments(audio_dim, visual_dim, seq_len)
+    except ValueError as error:
+        raise AvemoError(str(error)) from None
 
 
 def build_head(head: str, audio_dim: int, visual_dim: int, seq_len: int, **kwargs) -> nn.Module:
@@ -547,7 +538,7 @@ def train(
     val_set = set(val_names)
     train_names = [n for n in labelled if n not in val_set]
     if not train_names:
-        raise AvemoError("no training videos: every labelled cached video is in validation")
+        raise InputError("no training videos: every labelled cached video is in validation")
     train_videos = load_videos(features, label_map, train_names)
     val_videos = load_videos(features, label_map, val_names)
 
@@ -667,16 +658,8 @@ def bundle(head: str | os.PathLike, features: str | os.PathLike, output: str | o
         parts[role] = getattr(module, entry["part"]) if entry.get("part") else module
         sources[role] = {"checkpoint": str(path), "sha256": digest, "builder": entry["builder"]}
     sources["head"] = {"checkpoint": str(head.resolve()), "sha256": sha256_file(head)}
-    pipeline = models.build(
-        "pipeline",
-        visual={"builder": info["visual"]["builder"], "kwargs": info["visual"]["kwargs"]},
-        audio={"builder": info["audio"]["builder"], "kwargs": info["audio"]["kwargs"]},
-        head={"builder": header["builder"], "kwargs": header["kwargs"]},
-        seq_len=int(seq_len),
-    )
-    pipeline.visual.load_state_dict(parts["visual"].state_dict())
-    pipeline.audio.load_state_dict(parts["audio"].state_dict())
-    pipeline.head.load_state_dict(models.load(head).state_dict())
+    parts["head"] = models.load(head)
+    pipeline, _ = models.assemble(parts, seq_len=int(seq_len))
     trained = all(info[role].get("trained") for role in ("visual", "audio"))
     models.save(
         pipeline,
@@ -690,3 +673,29 @@ def bundle(head: str | os.PathLike, features: str | os.PathLike, output: str | o
         },
     )
     return output
+
+
+def run(
+    features: str | os.PathLike,
+    labels: str | os.PathLike | Sequence[str | os.PathLike],
+    head: str,
+    output: str | os.PathLike,
+    *,
+    validation: str | os.PathLike | Sequence[str] | None = None,
+    folds: int | None = None,
+    fold: int | None = None,
+    pipeline: str | os.PathLike | None = None,
+    **options,
+) -> tuple[list[FitResult], Path | None]:
+    """What ``avemo train`` does: one run (validation set, or fold ``fold`` of ``folds``) and,
+    with ``pipeline``, the bundled pipeline checkpoint; or, with ``folds`` and no ``fold``,
+    every fold (:func:`cross_validate`). Returns the runs' results and the pipeline's path."""
+    if folds is not None and fold is None:
+        if validation is not None or pipeline is not None:
+            raise AvemoError("--folds without --fold trains every fold: no --val, --pipeline")
+        return cross_validate(features, labels, head, output, folds=folds, **options), None
+    result = train(
+        features, labels, head, output, validation=validation, folds=folds, fold=fold, **options
+    )
+    bundled = None if pipeline is None else bundle(result.output, features, pipeline)
+    return [result], bundled

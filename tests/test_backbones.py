@@ -13,8 +13,8 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import convert, models
-from avemo.models import backbones
+from avemo import models
+from avemo.models import backbones, layouts
 
 SMALL_CLIPS = (2, 3, 8, 16, 16)  # B x 3 x T x H x W, small enough for fast tests
 
@@ -146,7 +146,7 @@ def test_tsav_checkpoint_layout_loads():
         else torch.randn(s, generator=generator)
         for k, s in tsav_shapes().items()
     }
-    parts = convert.state_dicts({"state_dict": checkpoint}, "tsav")
+    parts = layouts.state_dicts({"state_dict": checkpoint}, "tsav")
     visual, audio = models.build("r2plus1d_18"), models.build("audio_resnet18")
     visual.load_state_dict(parts["visual"], strict=True)
     audio.load_state_dict(parts["audio"], strict=True)

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from avemo import cli, convert, hub, models
 from avemo.errors import AvemoError
 from avemo.files import sha256_file
+from avemo.models import layouts
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +82,7 @@ def test_read_source_unwraps_and_strips(tmp_path):
     state = {"module.a.weight": torch.ones(2, 3), "module.a.bias": torch.zeros(2)}
     path = tmp_path / "wrapped.t7"
     torch.save({"net": state, "epoch": 3, "best_Val_acc": np.float64(0.61)}, path)
-    source = convert.read_source(path)
+    source = layouts.read_source(path)
     assert set(source.state) == {"a.weight", "a.bias"}
     assert source.wrapper == "net" and source.parallel and source.member is None
     assert source.sha256 == sha256_file(path)
@@ -92,7 +93,7 @@ def test_read_source_unwraps_and_strips(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(legacy, "model2/TSAV_Sub4_544k.pth.tar")
         zf.writestr("model2/readme.txt", "hello")
-    source = convert.read_source(archive)
+    source = layouts.read_source(archive)
     assert source.member == "model2/TSAV_Sub4_544k.pth.tar" and source.wrapper == "state_dict"
     assert source.label == "release.zip!model2/TSAV_Sub4_544k.pth.tar"
     assert source.sha256 == sha256_file(archive)  # the file as downloaded
@@ -125,20 +126,20 @@ def test_read_source_errors(tmp_path, content, message):
     elif content is not None:
         torch.save(content, path)
     with pytest.raises(AvemoError, match=message) as error:
-        convert.read_source(path)
+        layouts.read_source(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
 def test_detect_format():
-    assert convert.detect_format({"video_model.r2plus1d.stem.0.weight": 0}) == "tsav"
-    assert convert.detect_format({"mm_transformer.out_layer_pv.weight": 0}) == "jmt"
-    assert convert.detect_format({"i3d_WSDDA.Mixed_3b.b0.conv3d.weight": 0}) == "jca-cvpr"
-    assert convert.detect_format({"encoder1.weight": 0, "regressor.0.weight": 0}) == "jca-cvpr"
-    assert convert.detect_format({"encoder1.weight": 0, "vregressor.0.weight": 0}) == "jca-journal"
-    assert convert.detect_format({"coattn.dcn_layers.0.linears.0.0.weight": 0}) == "jca-journal"
-    assert convert.detect_format({"Conv3d_1a_7x7.conv3d.weight": 0}) == "pytorch-i3d"
-    assert convert.detect_format({"stem.0.weight": 0, "fc.weight": 0}) == "torchvision"
-    assert convert.detect_format({"something.else": 0}) is None
+    assert layouts.detect_format({"video_model.r2plus1d.stem.0.weight": 0}) == "tsav"
+    assert layouts.detect_format({"mm_transformer.out_layer_pv.weight": 0}) == "jmt"
+    assert layouts.detect_format({"i3d_WSDDA.Mixed_3b.b0.conv3d.weight": 0}) == "jca-cvpr"
+    assert layouts.detect_format({"encoder1.weight": 0, "regressor.0.weight": 0}) == "jca-cvpr"
+    assert layouts.detect_format({"encoder1.weight": 0, "vregressor.0.weight": 0}) == "jca-journal"
+    assert layouts.detect_format({"coattn.dcn_layers.0.linears.0.0.weight": 0}) == "jca-journal"
+    assert layouts.detect_format({"Conv3d_1a_7x7.conv3d.weight": 0}) == "pytorch-i3d"
+    assert layouts.detect_format({"stem.0.weight": 0, "fc.weight": 0}) == "torchvision"
+    assert layouts.detect_format({"something.else": 0}) is None
 
 
 def test_output_paths(tmp_path):

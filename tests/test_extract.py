@@ -288,14 +288,14 @@ def test_extract_skips_cached_videos_and_reports_missing_inputs_on_one_line(
     assert np.allclose(bf16.visual, fp32.visual, rtol=0.05, atol=0.02)
     assert np.allclose(bf16.audio, fp32.audio, rtol=0.05, atol=0.05)
     result = runner.invoke(app, args)
-    assert result.exit_code == 1 and "holds bf16 autocast features" in result.output
+    assert result.exit_code == 2 and "holds bf16 autocast features" in result.output
     # a cache of other backbones is not mixed with new features
     torch.manual_seed(1)
     other = tmp_path / "other.safetensors"
     models.save(models.build(tiny.VIDEO), other, provenance={"trained": False})
     args[args.index("--visual") + 1] = str(other)
     result = runner.invoke(app, [*args, "--bf16"])
-    assert result.exit_code == 1 and "another visual backbone" in result.output
+    assert result.exit_code == 2 and "another visual backbone" in result.output
 
 
 def test_extract_train_bundle_annotate_evaluate_end_to_end(affwild2, cache, tmp_path):
@@ -365,7 +365,7 @@ def test_extract_train_bundle_annotate_evaluate_end_to_end(affwild2, cache, tmp_
     result = runner.invoke(
         app, ["bundle", str(pipeline), "--features", str(cache), "-o", str(tmp_path / "x")]
     )
-    assert result.exit_code == 1 and "not a fusion head checkpoint" in result.output
+    assert result.exit_code == 2 and "not a fusion head checkpoint" in result.output
     cache_json = json.loads((cache / CACHE_JSON).read_text())
     moved = tmp_path / "moved"
     shutil.copytree(cache, moved)
@@ -374,4 +374,4 @@ def test_extract_train_bundle_annotate_evaluate_end_to_end(affwild2, cache, tmp_
     result = runner.invoke(
         app, ["bundle", str(head), "--features", str(moved), "-o", str(tmp_path / "x")]
     )
-    assert result.exit_code == 1 and "changed since extraction" in result.output
+    assert result.exit_code == 2 and "changed since extraction" in result.output

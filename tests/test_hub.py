@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from avemo import cli, hub
+from avemo.models import layouts
 from avemo.errors import AvemoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +174,7 @@ def test_real_manifest_lists_the_published_weights_with_valid_fields():
     assert required <= set(weights)
     assert weights["fer-mini-xception"].bundled
     formats = {w.import_format for w in weights.values() if not w.bundled}
-    assert formats == hub.IMPORT_FORMATS
+    assert formats == set(layouts.FORMATS)
     for name in ("r2plus1d-18-kinetics400", "r3d-18-kinetics400"):
         w = weights[name]  # torchvision: the file name's 8 hex digits are the hash's prefix
         assert w.sha256 is None and w.sha256_prefix and w.sha256_prefix in w.urls[0]

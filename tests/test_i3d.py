@@ -6,8 +6,8 @@ import pytest
 import torch
 from modelcheck import assert_gradients, assert_round_trip, parameter_count
 
-from avemo import convert, models
-from avemo.models import i3d
+from avemo import models
+from avemo.models import i3d, layouts
 
 # Inception-v1 (GoogLeNet) channel table: input, then (b0, b1a, b1b, b2a, b2b, b3b) per block
 INCEPTION_V1 = [
@@ -87,7 +87,7 @@ def test_pytorch_i3d_checkpoint_loads_with_logits():
     state["Conv3d_1a_7x7.conv3d.weight"] = torch.randn(64, 3, 7, 7, 7)
     with pytest.raises(RuntimeError, match="logits"):  # the module itself drops nothing
         model.i3d.load_state_dict(state, strict=True)
-    model.load_state_dict(convert.state_dicts(state, "pytorch-i3d")["visual"], strict=True)
+    model.load_state_dict(layouts.state_dicts(state, "pytorch-i3d")["visual"], strict=True)
     assert torch.equal(model.i3d.Conv3d_1a_7x7.conv3d.weight, state["Conv3d_1a_7x7.conv3d.weight"])
 
 
@@ -154,7 +154,7 @@ def test_cvpr_checkpoint_layout_loads():
     state.update(tcn_reference_state(model.temporal, "module.temporal."))
     state["module.regressor.0.weight"] = torch.randn(128, 512)
     state["module.predictions.weight"] = torch.randn(2, 128)
-    model.load_state_dict(convert.state_dicts({"net": state}, "jca-cvpr")["visual"], strict=True)
+    model.load_state_dict(layouts.state_dicts({"net": state}, "jca-cvpr")["visual"], strict=True)
     conv = model.temporal.network[1].conv2
     g = state["module.temporal.network.1.conv2.weight_g"]
     v = state["module.temporal.network.1.conv2.weight_v"]

@@ -13,8 +13,8 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import convert, models
-from avemo.models import jca_tbiom
+from avemo import models
+from avemo.models import jca_tbiom, layouts
 
 # small widths: 4 positions of 6, L = 5, Joint 8 wide
 SMALL = {"audio_dim": 6, "positions": 4, "seq_len": 5, "joint_dim": 8, "hidden": 3}
@@ -69,7 +69,7 @@ def test_parameter_count_and_reference_names():
     assert parameter_count(model) == expected == 8_586_323  # ~8.59M
     state = load_reference(model, reference_shapes())
     prefixed = {f"module.{k}": v for k, v in state.items()}
-    converted = convert.state_dicts(prefixed, "jca-journal")["head"]  # strict tables
+    converted = layouts.state_dicts(prefixed, "jca-journal")["head"]  # strict tables
     assert converted.keys() == state.keys()
     assert all(torch.equal(converted[k], v) for k, v in state.items())
     model.load_state_dict(converted, strict=True)

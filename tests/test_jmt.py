@@ -12,8 +12,8 @@ from modelcheck import (
     parameter_count,
 )
 
-from avemo import convert, models
-from avemo.models import jmt
+from avemo import models
+from avemo.models import jmt, layouts
 
 SMALL = {"dim": 8, "heads": 2, "layers": 2, "ffn_dim": 6, "hidden": 5}
 MODES = ["fc", "self_attention"]
@@ -75,7 +75,7 @@ def test_parameter_count_and_reference_names(mode, expected):
     checkpoint["module.mm_transformer.final_encoder.layers.0.attention.in_proj_weight"] = (
         torch.zeros(9216, 3072)
     )
-    converted = convert.state_dicts(checkpoint, "jmt")["head"]  # strict tables
+    converted = layouts.state_dicts(checkpoint, "jmt")["head"]  # strict tables
     assert converted.keys() == state.keys()
     assert all(torch.equal(converted[k], v) for k, v in state.items())
     model.load_state_dict(converted, strict=True)

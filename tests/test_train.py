@@ -345,7 +345,7 @@ def test_cli_trains_one_fold_and_reports_errors_on_one_line(tmp_path):
     assert models.read_header(out)["provenance"]["training"]["split"]["fold"] == 1
 
     result = runner.invoke(app, [*args, "-o", str(out.with_name("none.safetensors"))])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error
     assert result.output.strip().splitlines() == [
         "error: give either a validation set (--val) or --folds K --fold I"
     ]
@@ -355,4 +355,4 @@ def test_cli_trains_one_fold_and_reports_errors_on_one_line(tmp_path):
     assert result.exit_code == 1 and "no training videos" in result.output
     result = runner.invoke(app, [*args, "--folds", "3", "--fold", "1", "--recipe", "fast",
                                  "-o", str(tmp_path / "y")])  # fmt: skip
-    assert result.exit_code == 1 and "unknown recipe 'fast'" in result.output
+    assert result.exit_code == 2 and "unknown recipe 'fast'" in result.output

@@ -18,6 +18,7 @@ import array
 import contextlib
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -44,6 +45,7 @@ DETECT_EVERY_FACES = 1
 DETECT_EVERY_ANNOTATE = 2
 CROP_QUALITY = 95  # JPEG quality of saved crops
 NO_FACE_ID = -1  # face_id of the rows of a video without any face
+OTHER_FACE = re.compile(r"_face\d+$")  # crops folder suffix of face k > 0 (crops_folder)
 NUM_LANDMARKS = 5
 TABLE_COLUMNS = [
     "frame",
@@ -320,6 +322,13 @@ def iter_face_crops(
         )
 
 
+def crops_folder(stem: Path, face_id: int) -> Path:
+    """Where the aligned crops of ``face_id`` go for the output stem ``OUT/<rel>/<stem>``:
+    ``OUT/<rel>/<stem>/`` for the dominant face (0), ``<stem>_face<id>/`` for the others
+    (:data:`OTHER_FACE` recognises those names)."""
+    return stem.with_name(stem.name + (f"_face{face_id}" if face_id else ""))
+
+
 def save_crops(
     path: str | os.PathLike, track: FaceTrack, folder: str | os.PathLike, size: int = 112
 ) -> int:
@@ -354,21 +363,3 @@ def save_crops(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return count
-
-
-def scan_faces(
-    path: str | os.PathLike,
-    detector=None,
-    *,
-    max_faces: int = 1,
-    detect_every: int = 1,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """The ``avemo faces`` table of one video (:func:`faces_table` of :func:`detect_tracks`);
-    ``detector`` defaults to :func:`avemo.face.detect.build_detector`'s CenterFace."""
-    if detector is None:
-        from avemo.face.detect import build_detector
-
-        detector = build_detector()
-    scan = detect_tracks(path, detector, detect_every=detect_every, progress=progress)
-    return faces_table(scan, max_faces)

@@ -128,7 +128,18 @@ def _head(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
     )
 
 
-@register("jca_tbiom", "head")
+def train_arguments(audio_dim: int, visual_dim: int, seq_len: int) -> dict:
+    """The arguments for a feature cache: the visual vector is rows of the audio width."""
+    if visual_dim % audio_dim:
+        raise ValueError(
+            f"jca_tbiom needs visual features that are rows of the audio width ({audio_dim}),"
+            f" the cache has {visual_dim} (extract R(2+1)D features in flat mode)"
+        )
+    return {"audio_dim": audio_dim, "positions": visual_dim // audio_dim, "seq_len": seq_len}
+
+
+# the released journal JCA reads R(2+1)D's layer4 flattened (SPEC 5.2)
+@register("jca_tbiom", "head", train_arguments=train_arguments, visual_features="flat")
 class JCATBIOM(nn.Module):
     """The released journal JCA: audio ``B x L x 512``, visual ``B x L x 25088`` -> ``B x L x 2``.
 

@@ -35,6 +35,7 @@ DROPOUT = 0.6  # regressor dropout
 MODES = ("fc", "self_attention")
 ATTENTIONS = ("softmax", "sigmoid")  # attention weights: the reference code's, or the paper's
 STREAMS = 6  # cross-attention outputs
+SEQ_LEN = 16  # clips per sequence of JMT, as the journal JCA's (SPEC 2)
 
 
 class Attention(nn.MultiheadAttention):
@@ -154,7 +155,17 @@ def _head(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
     )
 
 
-@register("jmt", "head")
+def train_arguments(audio_dim: int, visual_dim: int, seq_len: int) -> dict:
+    """JMT's arguments for a feature cache: one width for both streams (any L)."""
+    if audio_dim != visual_dim:
+        raise ValueError(
+            f"jmt needs audio and visual features of one width, the cache has {audio_dim} "
+            f"and {visual_dim} (extract pooled 512-d visual features)"
+        )
+    return {"dim": audio_dim}
+
+
+@register("jmt", "head", train_arguments=train_arguments, default_seq_len=SEQ_LEN)
 class JMT(nn.Module):
     """JMT head: raw audio and visual features ``B x L x dim`` -> ``B x L x 2``.
 

@@ -1,0 +1,100 @@
+"""``avemo faces``: detect, track and align the faces of every video (no emotion model).
+
+Per video: ``OUT/<rel>/<stem>.faces.csv``, one row per decoded frame and kept face (box,
+confidence, 5 landmarks), and with ``save_crops`` the aligned crops of each face in the Aff-Wild2
+layout (``OUT/<rel>/<stem>/%05d.jpg``; faces after the dominant one in ``<stem>_face<id>/``),
+which ``avemo extract --crops`` reads back. The stages are :mod:`avemo.face`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from avemo.errors import AvemoError
+from avemo.face.scan import DETECT_EVERY_FACES, crops_folder
+
+TABLE_SUFFIX = ".faces.csv"
+DEFAULT_CROP_SIZE = 112  # px, the R(2+1)D path's crops (224 for I3D)
+
+
+def faces(
+    path: str | os.PathLike,
+    *,
+    detector: str = "centerface",
+    detector_model: str | os.PathLike | None = None,
+    detect_size: int | None = None,
+    threshold: float | None = None,
+    detect_every: int = DETECT_EVERY_FACES,
+    max_faces: int = 1,
+    device: str = "auto",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """The faces table of one video: one row per decoded frame and kept face track."""
+    from avemo.face.detect import build_detector
+    from avemo.face.scan import detect_tracks, faces_table
+
+    found = build_detector(
+        detector, detector_model, size=detect_size, threshold=threshold, device=device
+    )
+    scan = detect_tracks(path, found, detect_every=detect_every, progress=progress)
+    return faces_table(scan, max_faces)
+
+
+def faces_videos(
+    inputs: Iterable[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    detector: str = "centerface",
+    detector_model: str | os.PathLike | None = None,
+    detect_size: int | None = None,
+    threshold: float | None = None,
+    detect_every: int = DETECT_EVERY_FACES,
+    max_faces: int = 1,
+    save_crops: bool = False,
+    crop_size: int = DEFAULT_CROP_SIZE,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = False,
+    stream=None,
+):
+    """The batch behind ``avemo faces``: every video under ``inputs`` into ``output``.
+
+    The detector is built (and its options checked) once, before any file; per-file failures
+    are reported on one line each and never stop the batch. Returns the
+    :class:`avemo.batch.BatchResult`.
+    """
+    from avemo.batch import find_jobs, run_batch
+    from avemo.face.align import CROP_SIZES
+    from avemo.face.detect import build_detector
+    from avemo.face.scan import detect_tracks, faces_table
+    from avemo.face.scan import save_crops as write_crops
+    from avemo.writers import get_writer
+
+    inputs = list(inputs)
+    if crop_size not in CROP_SIZES:
+        raise AvemoError(f"--crop-size must be one of {', '.join(map(str, CROP_SIZES))}")
+    found = build_detector(
+        detector, detector_model, size=detect_size, threshold=threshold, device=device
+    )
+    jobs = find_jobs(inputs, output)
+    if not jobs:
+        raise AvemoError(f"no video files in {', '.join(map(str, inputs))}")
+    writer = get_writer("csv")
+
+    def outputs(job) -> list[Path]:
+        table = [job.output(TABLE_SUFFIX)]
+        return table + ([crops_folder(job.output_stem, 0)] if save_crops else [])
+
+    def process(job) -> None:
+        scan = detect_tracks(job.source, found, detect_every=detect_every, progress=progress)
+        if save_crops:
+            for track in scan.tracks(max_faces):
+                folder = crops_folder(job.output_stem, track.face_id)
+                write_crops(job.source, track, folder, crop_size)
+        writer.write(faces_table(scan, max_faces), job.output(TABLE_SUFFIX))
+
+    return run_batch(jobs, process, outputs=outputs, overwrite=overwrite, stream=stream)
