@@ -174,24 +174,42 @@ def read_generic(path: str | os.PathLike, *, columns: Sequence[str] = VALUES) ->
     return _table(frames, values, path)
 
 
-def _side_face(faces: pd.DataFrame, side: str, columns: list[str], path: Path) -> int:
-    """The face id on the ``side`` of the image, among the two most predicted tracks."""
-    for name in ("face_x", "face_width"):
+def left_right(faces: pd.DataFrame, columns: Sequence[str] = VALUES) -> tuple[int, int]:
+    """The face ids of the left and the right person of a two-person video (Aff-Wild2's
+    ``_left`` / ``_right``): the two tracks with the most frames that have values in
+    ``columns``, ordered by the median horizontal centre of their boxes on those frames.
+
+    The one rule for both directions: ``avemo annotate --format abaw --max-faces 2`` writes the
+    pair with it, and ``avemo evaluate`` reads an annotate CSV against ``_left``/``_right``
+    labels with it. ``faces`` needs ``face_id``, ``face_x``, ``face_width`` and ``columns``.
+    """
+    columns = list(columns)
+    for name in ("face_x", "face_width", *columns):
         if name not in faces.columns:
-            raise InputError(f"no {name} column: cannot tell the {side} face", path)
-    predicted = faces[~np.isnan(faces[columns].to_numpy()).any(axis=1)]
-    counts = predicted["face_id"].value_counts()
+            raise InputError(f"no {name} column: cannot tell the left and right face")
+    faces = faces[faces["face_id"] >= 0]
+    valued = faces[~np.isnan(faces[columns].to_numpy(np.float64)).any(axis=1)]
+    counts = valued["face_id"].value_counts(sort=False)
+    counts = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
     if len(counts) < 2:
         raise InputError(
-            f"{len(counts)} face track(s) with predictions: the {side} face of a two-person video "
-            "needs two (annotate with --max-faces 2)",
-            path,
+            f"{len(counts)} face track(s) with values: a two-person video's left and right faces "
+            "need two (annotate with --max-faces 2)"
         )
-    ids = sorted(counts.index[:2].tolist())  # the two tracks with the most predicted frames
-    tracks = predicted[predicted["face_id"].isin(ids)]
+    ids = counts.index[:2].tolist()  # the two tracks with the most frames with values
+    tracks = valued[valued["face_id"].isin(ids)]
     centre = (tracks["face_x"] + tracks["face_width"] / 2).groupby(tracks["face_id"]).median()
     left, right = centre.sort_values(kind="stable").index.tolist()
-    return int(left if side == "left" else right)
+    return int(left), int(right)
+
+
+def _side_face(faces: pd.DataFrame, side: str, columns: list[str], path: Path) -> int:
+    """The face id on the ``side`` of the image (:func:`left_right`)."""
+    try:
+        left, right = left_right(faces, columns)
+    except InputError as error:
+        raise InputError(f"the {side} face: {error.message}", path) from None
+    return left if side == "left" else right
 
 
 def read_avemo(

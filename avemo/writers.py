@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from avemo.errors import AvemoError
+from avemo.errors import AvemoError, InputError
 from avemo.files import atomic_path
+from avemo.labels import left_right
 
 FLOAT_FORMAT = "%.8g"  # significant digits of floats in text tables (values come pre-rounded)
 NAN_TEXT = "NaN"  # how missing values are spelled in text tables
@@ -59,7 +60,8 @@ class AbawWriter(Writer):
     (1-based), where ``<video>`` is the file's stem. The challenge needs a value on every frame:
     frames without a prediction take the nearest earlier one (the nearest later one at the start
     of a video, 0 when the video has none). A table with two faces becomes the Aff-Wild2 pair
-    ``<video>_left`` / ``<video>_right``, by the median horizontal centre of each face's box.
+    ``<video>_left`` / ``<video>_right`` (:func:`avemo.labels.left_right`, the rule evaluate
+    reads them back with).
     """
 
     extension = ".txt"
@@ -77,8 +79,10 @@ class AbawWriter(Writer):
         if len(faces) == 1:
             targets = {faces[0]: path}
         else:
-            centre = table["face_x"] + table["face_width"] / 2
-            order = sorted(faces, key=lambda f: centre[table["face_id"] == f].median())
+            try:
+                order = left_right(table)
+            except InputError as error:
+                raise AvemoError(error.message, path) from None
             targets = {
                 face: path.with_name(path.stem + side + path.suffix)
                 for face, side in zip(order, self.SIDES, strict=True)

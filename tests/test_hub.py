@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from avemo import cli, hub
-from avemo.models import layouts
 from avemo.errors import AvemoError
+from avemo.models import layouts
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = bytes(range(256)) * 1200  # 307,200 bytes: several read chunks of the client

@@ -177,3 +177,29 @@ def test_split_side_and_in_memory_tables():
     assert table.index.tolist() == [0, 2] and table.loc[0].isna().all()
     with pytest.raises(AvemoError, match="mine: no arousal column"):
         as_table(pd.DataFrame({"valence": [0.1]}), "mine")
+
+
+def test_one_left_right_rule_for_writing_and_reading_pairs(tmp_path):
+    """annotate's abaw pair and evaluate's reading of a CSV against _left/_right labels use the
+    same rule: the face written to <video>_left.txt is the one read for a _left label."""
+    import pandas as pd
+
+    from avemo.labels import left_right, read_avemo
+    from avemo.writers import get_writer
+
+    n = 40
+    rows = []
+    for face, x, value in ((0, 400.0, 0.5), (1, 100.0, -0.5), (2, 250.0, 0.9)):
+        for frame in range(n if face < 2 else 5):  # face 2: a short track in the middle
+            rows.append({"frame": frame, "face_id": face, "face_x": x + frame, "face_width": 50.0,
+                         "valence": value, "arousal": value})  # fmt: skip
+    table = pd.DataFrame(rows).sort_values(["frame", "face_id"], ignore_index=True)
+    assert left_right(table) == (1, 0)  # the two longest tracks, by box centre
+    table.to_csv(tmp_path / "pair.csv", index=False)
+    left = read_avemo(tmp_path / "pair.csv", side="left")
+    right = read_avemo(tmp_path / "pair.csv", side="right")
+    assert left.attrs["face_id"] == 1 and right.attrs["face_id"] == 0
+    two = table[table["face_id"] < 2]
+    written = get_writer("abaw").write(two, tmp_path / "pair.txt")
+    assert [p.name for p in written] == ["pair_left.txt", "pair_right.txt"]
+    assert ",-0.500000,-0.500000" in written[0].read_text()  # face 1 (x ~ 100) is on the left

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from avemo.face.detect import check_image
 from avemo.models.expression import (
     CROP_FACE_SCALE,
     CROP_SHIFT_Y,
@@ -21,15 +22,6 @@ from avemo.models.expression import (
 )
 
 CROP_SIZES = (112, 224)  # aligned crop sides, px: R(2+1)D path 112, I3D path 224 (SPEC 2)
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"expected an RGB uint8 image (H x W x 3), got {image.dtype} {image.shape}"
-        )
-    return image
 
 
 def align(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
@@ -45,7 +37,7 @@ def align(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarr
     points = np.asarray(landmarks, np.float32).reshape(5, 2)
     if not np.isfinite(points).all():
         raise ValueError("landmarks must be finite")
-    image = _check_image(image)
+    image = check_image(image)
     with warnings.catch_warnings():  # norm_crop calls a scikit-image method deprecated in 0.26
         warnings.simplefilter("ignore", FutureWarning)
         return norm_crop(image, points, image_size=size)

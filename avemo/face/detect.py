@@ -75,7 +75,7 @@ def session_options():
     return options
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
+def check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(
@@ -118,7 +118,7 @@ class CenterFace:
         )
 
     def __call__(self, image: np.ndarray) -> Detections:
-        image = _check_image(image)
+        image = check_image(image)
         height, width = image.shape[:2]
         scale = self.size / max(height, width)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
@@ -243,7 +243,7 @@ class SCRFD:
         self.model = model
 
     def __call__(self, image: np.ndarray) -> Detections:
-        image = _check_image(image)
+        image = check_image(image)
         bgr = np.ascontiguousarray(image[:, :, ::-1])  # insightface takes OpenCV's BGR
         boxes, points = self.model.detect(bgr, input_size=(self.size, self.size))
         if len(boxes) == 0:
