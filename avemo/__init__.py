@@ -1,10 +1,11 @@
 """avemo: per-frame valence and arousal from the face and the voice.
 
-The package reads top-down as the pipeline: ``decode`` (frames and audio) -> ``faces`` (detect,
-align) and ``tracking`` -> ``clips`` and ``spectrogram`` -> ``backbones`` -> ``heads`` ->
-per-frame values -> ``writers``. ``models`` holds the builder registry and the one checkpoint
-format; ``cli`` only parses arguments and calls library functions. Training: ``extract`` caches
-the backbones' features, ``dataset`` tiles them into labelled sequences, ``train`` fits a head.
+The package reads top-down as the pipeline: ``decode`` (frames and audio) -> ``face`` (detect,
+track, align) -> ``clips`` and ``spectrogram`` -> ``features`` (the one feature engine) ->
+``models`` (every network, the registry and the checkpoint format) -> ``values`` (per-frame
+values) -> ``writers``. The commands (``annotate``, ``faces``, ``extract``, ``train``,
+``evaluate``, ``convert``) are one library function each; ``cli`` only parses arguments, calls
+them and reports. README "Architecture" has the map.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -18,13 +19,28 @@ import importlib
 import sys
 import types
 
-from avemo.errors import AvemoError
+from avemo.errors import AvemoError, InputError
 
-__all__ = ["AvemoError", "__version__", "annotate", "evaluate"]
+__all__ = [
+    "AvemoError",
+    "InputError",
+    "__version__",
+    "annotate",
+    "annotate_videos",
+    "evaluate",
+    "faces",
+    "faces_videos",
+]
 
 # Public functions imported on first use, so that `import avemo` stays light (no torch, pandas):
 # name -> the module that defines it.
-_LAZY = {"annotate": "avemo.annotate", "evaluate": "avemo.evaluate"}
+_LAZY = {
+    "annotate": "avemo.annotate",
+    "annotate_videos": "avemo.annotate",
+    "evaluate": "avemo.evaluate",
+    "faces": "avemo.faces",
+    "faces_videos": "avemo.faces",
+}
 
 
 def __getattr__(name: str):
@@ -36,7 +52,8 @@ def __getattr__(name: str):
 
 
 class _Package(types.ModuleType):
-    """``avemo.evaluate`` (``avemo.annotate``) stays the function when its module is imported.
+    """``avemo.evaluate`` (``avemo.annotate``, ``avemo.faces``) stays the function when its module
+    is imported.
 
     Python binds an imported submodule as an attribute of its package, which would replace the
     function of the same name; this binds the function instead. ``from avemo.evaluate import X``

@@ -361,15 +361,22 @@ def annotate_videos(
     """
     from tqdm import tqdm
 
-    from avemo.batch import find_jobs, run_batch
+    from avemo.batch import plan, run_batch
     from avemo.writers import get_writer
 
-    get_writer(fmt)  # unknown formats fail before any work
+    # whole-run problems are usage errors found before any video is processed
+    writer = get_writer(fmt)
+    max_faces = int(options.get("max_faces", 1))
+    if writer.max_faces is not None and max_faces > writer.max_faces:
+        raise AvemoError(
+            f"--format {fmt} holds at most {writer.max_faces} faces per video (a left/right "
+            f"pair), not --max-faces {max_faces}"
+        )
     spec = resolve_model(model, allow_untrained=options.get("allow_untrained", False))
     _stride(options.get("stride"), spec.kind)
-    jobs = find_jobs(inputs, output)
-    if not jobs:
-        raise AvemoError(f"no video files in {', '.join(map(str, inputs))}")
+    device = torch_device(options.get("device", "auto"))
+    _load_module(str(spec.path), spec.sha256, str(device))  # every tensor there and fitting
+    jobs = plan(inputs, output)
     bar = tqdm(total=len(jobs), unit="video", disable=not progress or len(jobs) < 2)
 
     def process(job) -> None:

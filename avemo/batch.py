@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,11 +39,24 @@ class Job:
         return self.output_stem.with_name(self.output_stem.name + suffix)
 
 
+def safe_stem(name: str) -> str:
+    """The output stem of an input file name: its stem, with every leading dot made ``_``.
+
+    A stem that is empty, ``.``, ``..`` or hidden (``..mp4``, ``...mp4``, ``.clip.mp4``) would
+    otherwise name the output folder itself, its parent, or a hidden file: ``..mp4`` -> ``_``,
+    ``.clip.mp4`` -> ``_clip``. Every other stem is kept as it is.
+    """
+    stem = Path(name).stem if Path(name).suffix else name
+    bare = stem.lstrip(".")
+    return "_" * (len(stem) - len(bare)) + bare if stem.startswith(".") or not stem else stem
+
+
 def find_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike) -> list[Job]:
     """Expand files and folders into jobs, in a stable order, without duplicates.
 
     A path that does not exist still becomes a job, so that it is reported as a failed file
-    like any other unreadable input instead of stopping the batch.
+    like any other unreadable input instead of stopping the batch. Output stems are
+    ``OUT/<rel>/<safe_stem>`` and always inside ``OUT``.
     """
     output_dir = Path(output_dir)
     jobs: dict[Path, Job] = {}
@@ -58,9 +72,54 @@ def find_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike
         for source, relative in pairs:
             key = source.resolve()
             if key not in jobs:
-                stem = output_dir / relative.parent / relative.stem
+                stem = output_dir / relative.parent / safe_stem(relative.name)
                 jobs[key] = Job(source, relative, stem)
     return list(jobs.values())
+
+
+def check_collisions(jobs: Iterable[Job], describe=lambda job: str(job.source)) -> None:
+    """Refuse (one usage error listing them) inputs that would write the same outputs, e.g.
+    ``a/clip.mp4 b/clip.mp4`` given as files, or ``clip.mp4`` and ``clip.avi`` in one folder."""
+    by_stem: dict[Path, list[Job]] = {}
+    for job in jobs:
+        by_stem.setdefault(job.output_stem, []).append(job)
+    clashes = [group for group in by_stem.values() if len(group) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(describe(j) for j in group) for group in clashes[:5])
+        more = f" (and {len(clashes) - 5} more groups)" if len(clashes) > 5 else ""
+        raise AvemoError(
+            f"{sum(map(len, clashes))} inputs would write the same outputs: {shown}{more}. "
+            "Rename them, or give one folder that holds them (OUT keeps each file's path "
+            "relative to the folder it was found in)"
+        )
+
+
+def check_output(output: str | os.PathLike) -> Path:
+    """The output folder, created if needed; a usage error if it is a file or not writable."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise AvemoError("the output folder is a file", output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as error:
+        raise AvemoError(
+            f"cannot write to the output folder ({error.strerror or error})", output
+        ) from None
+    return output
+
+
+def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list[Job]:
+    """The jobs of a batch command, checked before any work: the output folder is writable,
+    there is at least one input, and no two inputs write the same outputs."""
+    inputs = list(inputs)
+    jobs = find_jobs(inputs, output)
+    if not jobs:
+        raise AvemoError(f"no video files in {', '.join(map(str, inputs))}")
+    check_collisions(jobs)
+    check_output(output)
+    return jobs
 
 
 @dataclass

@@ -53,6 +53,12 @@ def _finish(result) -> None:
     raise typer.Exit(result.exit_code)
 
 
+def _given(**options) -> dict:
+    """The options the user set: an unset option (None) is left out, so that the library
+    function's own default applies (defaults live once, in the library)."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def _progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
@@ -84,8 +90,13 @@ OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Output folder."
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Recompute outputs that already exist.")
 ]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-Detector = Annotated[str, typer.Option("--detector", help="centerface (bundled) or scrfd.")]
+Device = Annotated[
+    str | None,
+    typer.Option("--device", help="auto (default: CUDA when there), cpu, cuda or cuda:N."),
+]
+Detector = Annotated[
+    str | None, typer.Option("--detector", help="centerface (bundled, default) or scrfd.")
+]
 DetectorModel = Annotated[
     Path | None,
     typer.Option(
@@ -93,9 +104,9 @@ DetectorModel = Annotated[
     ),
 ]
 MaxFaces = Annotated[
-    int,
+    int | None,
     typer.Option(
-        "--max-faces", min=1, help="Keep the N dominant face tracks (by size and duration)."
+        "--max-faces", min=1, help="Keep the N dominant face tracks (by size and duration; 1)."
     ),
 ]
 
@@ -165,9 +176,9 @@ def annotate(
         bool, typer.Option("--smooth/--no-smooth", help="Reference box filter (SPEC 6).")
     ] = True,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="csv, tsv or abaw (challenge files).")
-    ] = "csv",
-    device: Device = "auto",
+        str | None, typer.Option("--format", "-f", help="csv (default), tsv or abaw (challenge).")
+    ] = None,
+    device: Device = None,
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", min=1, help="Clips per forward pass (default 8)."),
@@ -180,7 +191,7 @@ def annotate(
             "bf16 (about 2x faster), off for the expression model.",
         ),
     ] = None,
-    detector: Detector = "centerface",
+    detector: Detector = None,
     detector_model: DetectorModel = None,
     detect_size: DetectSize = None,
     detect_every: Annotated[
@@ -191,7 +202,7 @@ def annotate(
             help="Run the detector every K frames, boxes interpolated between (default 2).",
         ),
     ] = None,
-    max_faces: MaxFaces = 1,
+    max_faces: MaxFaces = None,
     overwrite: Overwrite = False,
     progress: Progress = None,
 ) -> None:
@@ -202,20 +213,22 @@ def annotate(
         annotate_videos(
             inputs,
             output,
-            model=model,
-            fmt=fmt,
-            overwrite=overwrite,
-            stride=stride,
-            smooth=smooth,
-            device=device,
-            batch_size=batch_size,
-            bf16=bf16,
-            detector=detector,
-            detector_model=detector_model,
-            detect_size=detect_size,
-            detect_every=detect_every,
-            max_faces=max_faces,
-            progress=_progress(progress),
+            **_given(
+                model=model,
+                fmt=fmt,
+                overwrite=overwrite,
+                stride=stride,
+                smooth=smooth,
+                device=device,
+                batch_size=batch_size,
+                bf16=bf16,
+                detector=detector,
+                detector_model=detector_model,
+                detect_size=detect_size,
+                detect_every=detect_every,
+                max_faces=max_faces,
+                progress=_progress(progress),
+            ),
         )
     )
 
@@ -288,13 +301,14 @@ def weights_pull(
         ),
     ] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the server.")
-    ] = 30.0,
+        float | None,
+        typer.Option("--timeout", min=0.1, help="Seconds to wait for the server (30)."),
+    ] = None,
 ) -> None:
     """Download weights into the cache, resuming partial downloads, verifying the sha256."""
     from avemo import hub
 
-    done = hub.pull_many(names, trust=trust, timeout=timeout)
+    done = hub.pull_many(names, trust=trust, **_given(timeout=timeout))
     for name, path in done.items():
         if path is not None:
             typer.echo(f"{name}: {path}")
@@ -429,13 +443,17 @@ def evaluate(
         typer.Argument(exists=True, help="Label file or folder (Aff-Wild2 <video>.txt, ...)."),
     ],
     pooling: Annotated[
-        Literal["concat", "video"],
-        typer.Option(help="concat: all frames as one series (the challenge's); video: mean, std."),
-    ] = "concat",
+        Literal["concat", "video"] | None,
+        typer.Option(
+            help="concat (default): all frames as one series (the challenge's); video: mean, std."
+        ),
+    ] = None,
     missing: Annotated[
-        Literal["drop", "zero", "ffill"],
-        typer.Option(help="Labelled frames without prediction: drop, score as 0, or ffill."),
-    ] = "drop",
+        Literal["drop", "zero", "ffill"] | None,
+        typer.Option(
+            help="Labelled frames without prediction: drop (default), score as 0, or ffill."
+        ),
+    ] = None,
     smooth: Annotated[
         bool,
         typer.Option("--smooth", help="Box-filter predictions first (valence 20, arousal 50)."),
@@ -452,9 +470,10 @@ def evaluate(
         ),
     ] = None,
     bootstrap: Annotated[
-        int, typer.Option("--bootstrap", min=0, help="Resamples of videos for 95% intervals.")
-    ] = 0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+        int | None,
+        typer.Option("--bootstrap", min=0, help="Resamples of videos for 95% intervals (0)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the bootstrap (0).")] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the summary numbers as JSON.")
     ] = None,
@@ -478,16 +497,18 @@ def evaluate(
     result = run(
         predictions,
         labels,
-        pooling=pooling,
-        missing=missing,
-        smooth=smooth,
-        face_id=face_id,
-        columns=names,
-        bootstrap=bootstrap,
-        seed=seed,
-        per_video=per_video,
-        plots=plots,
-        json_path=json_path,
+        **_given(
+            pooling=pooling,
+            missing=missing,
+            smooth=smooth,
+            face_id=face_id,
+            columns=names,
+            bootstrap=bootstrap,
+            seed=seed,
+            per_video=per_video,
+            plots=plots,
+            json_path=json_path,
+        ),
     )
     typer.echo(result.table())
 
@@ -500,7 +521,7 @@ def evaluate(
 def faces(
     inputs: Inputs,
     output: OutputDir,
-    detector: Detector = "centerface",
+    detector: Detector = None,
     detector_model: DetectorModel = None,
     detect_size: DetectSize = None,
     threshold: Threshold = None,
@@ -512,7 +533,7 @@ def faces(
             help="Detect on every K-th frame only, interpolating the faces in between (default 1).",
         ),
     ] = None,
-    max_faces: MaxFaces = 1,
+    max_faces: MaxFaces = None,
     save_crops: Annotated[
         bool,
         typer.Option(
@@ -522,28 +543,30 @@ def faces(
     crop_size: Annotated[
         int | None, typer.Option("--crop-size", help="Crop side, px: 112 (default) or 224.")
     ] = None,
-    device: Device = "auto",
+    device: Device = None,
     overwrite: Overwrite = False,
     progress: Progress = None,
 ) -> None:
     """Detect and track faces: OUT/<rel>/<stem>.faces.csv per video, one row per frame and face."""
     from avemo.faces import faces_videos
 
-    options = {"detect_every": detect_every, "crop_size": crop_size}
     _finish(
         faces_videos(
             inputs,
             output,
-            detector=detector,
-            detector_model=detector_model,
-            detect_size=detect_size,
-            threshold=threshold,
-            max_faces=max_faces,
-            save_crops=save_crops,
-            device=device,
-            overwrite=overwrite,
-            progress=_progress(progress),
-            **{key: value for key, value in options.items() if value is not None},
+            **_given(
+                detect_every=detect_every,
+                crop_size=crop_size,
+                detector=detector,
+                detector_model=detector_model,
+                detect_size=detect_size,
+                threshold=threshold,
+                max_faces=max_faces,
+                save_crops=save_crops,
+                device=device,
+                overwrite=overwrite,
+                progress=_progress(progress),
+            ),
         )
     )
 
@@ -583,11 +606,11 @@ def extract(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Clips per pass (default 8).")
     ] = None,
-    device: Device = "auto",
+    device: Device = None,
     bf16: Annotated[
         bool, typer.Option("--bf16", help="bfloat16 autocast (faster on recent CPUs and GPUs).")
     ] = False,
-    detector: Detector = "centerface",
+    detector: Detector = None,
     detector_model: DetectorModel = None,
     detect_size: DetectSize = None,
     detect_every: Annotated[
@@ -605,25 +628,27 @@ def extract(
     """Cache backbone features of every clip (one <video>.npz each) for `avemo train`."""
     from avemo.extract import extract as run
 
-    options = {"batch_size": batch_size, "detect_every": detect_every}
     _finish(
         run(
             inputs,
             crops,
             output,
-            visual=visual,
-            audio=audio,
-            pipeline=pipeline,
-            labels=labels,
-            device=device,
-            bf16=bf16,
-            detector=detector,
-            detector_model=detector_model,
-            detect_size=detect_size,
-            threshold=threshold,
-            overwrite=overwrite,
-            progress=_progress(progress),
-            **{key: value for key, value in options.items() if value is not None},
+            **_given(
+                batch_size=batch_size,
+                detect_every=detect_every,
+                visual=visual,
+                audio=audio,
+                pipeline=pipeline,
+                labels=labels,
+                device=device,
+                bf16=bf16,
+                detector=detector,
+                detector_model=detector_model,
+                detect_size=detect_size,
+                threshold=threshold,
+                overwrite=overwrite,
+                progress=_progress(progress),
+            ),
         )
     )
 
@@ -645,9 +670,12 @@ def train(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint (.safetensors).")],
     recipe: Annotated[
-        str,
-        typer.Option("--recipe", help="jca-cvpr, jca-journal, jmt-paper or jmt-code (SPEC 7)."),
-    ] = "jca-journal",
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="jca-cvpr, jca-journal, jmt-paper or jmt-code (SPEC 7); default jca-journal.",
+        ),
+    ] = None,
     val: Annotated[
         Path | None,
         typer.Option("--val", help="Validation label folder, or a file listing video names."),
@@ -670,13 +698,17 @@ def train(
     seq_len: Annotated[
         int | None, typer.Option("--seq-len", min=1, help="Clips per sequence (L).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of init, shuffle, dropout.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Data loader workers.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of init, shuffle, dropout (0).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="Data loader workers (0).")
+    ] = None,
     pipeline: Annotated[
         Path | None,
         typer.Option("--pipeline", help="Also bundle backbones + head here for annotate."),
     ] = None,
-    device: Device = "auto",
+    device: Device = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Train again even if OUTPUT is finished.")
     ] = False,
@@ -689,7 +721,7 @@ def train(
     """
     from avemo import train as training
 
-    options = dict(
+    options = _given(
         recipe_name=recipe,
         lr=lr,
         batch_size=batch_size,

@@ -129,10 +129,10 @@ def crop_frames(folder: Path) -> dict[int, Path]:
 def video_sources(videos: Sequence[str | os.PathLike]) -> list[Source]:
     """One source per video file (folders searched), named by its path relative to the folder it
     was found in without the extension, the faces to be found in the video itself."""
-    from avemo.batch import find_jobs
+    from avemo.batch import find_jobs, safe_stem
 
     return [
-        Source(job.relative.with_suffix("").as_posix(), job.source, None)
+        Source((job.relative.parent / safe_stem(job.relative.name)).as_posix(), job.source, None)
         for job in find_jobs(videos, ".")
     ]
 
@@ -375,7 +375,7 @@ def extract(
     missing crops folder or video is an error. Videos already in the cache are skipped unless
     ``overwrite``; returns the :class:`avemo.batch.BatchResult`.
     """
-    from avemo.batch import Job, run_batch
+    from avemo.batch import Job, check_collisions, check_output, run_batch
     from avemo.dataset import label_files
     from avemo.devices import torch_device
     from avemo.face.detect import build_detector
@@ -413,7 +413,7 @@ def extract(
                     f"({existing[role]['checkpoint']}); use another folder or --overwrite",
                     output,
                 )
-    output.mkdir(parents=True, exist_ok=True)
+    check_output(output)
     with atomic_path(cache_json) as tmp:
         tmp.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
@@ -424,6 +424,7 @@ def extract(
         job = Job(media, Path(name), output / name)
         jobs.append(job)
         work[job.output_stem] = source
+    check_collisions(jobs)
 
     def process(job: Job) -> None:
         source = work[job.output_stem]

@@ -67,7 +67,7 @@ def faces_videos(
     are reported on one line each and never stop the batch. Returns the
     :class:`avemo.batch.BatchResult`.
     """
-    from avemo.batch import find_jobs, run_batch
+    from avemo.batch import plan, run_batch
     from avemo.face.align import CROP_SIZES
     from avemo.face.detect import build_detector
     from avemo.face.scan import detect_tracks, faces_table
@@ -80,9 +80,7 @@ def faces_videos(
     found = build_detector(
         detector, detector_model, size=detect_size, threshold=threshold, device=device
     )
-    jobs = find_jobs(inputs, output)
-    if not jobs:
-        raise AvemoError(f"no video files in {', '.join(map(str, inputs))}")
+    jobs = plan(inputs, output)
     writer = get_writer("csv")
 
     def outputs(job) -> list[Path]:

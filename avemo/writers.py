@@ -23,6 +23,7 @@ class Writer:
     """Writes a table to one file; subclasses set ``extension`` and implement ``write_to``."""
 
     extension: str = ""
+    max_faces: int | None = None  # faces per video the format holds (None: any number)
 
     def write(self, table: pd.DataFrame, path: str | os.PathLike) -> Path:
         """Write ``table`` to ``path`` atomically; returns ``path``."""
@@ -66,6 +67,7 @@ class AbawWriter(Writer):
 
     extension = ".txt"
     SIDES = ("_left", "_right")
+    max_faces = len(SIDES)
 
     def write(self, table: pd.DataFrame, path: str | os.PathLike) -> list[Path]:
         path = Path(path)

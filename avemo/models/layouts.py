@@ -32,6 +32,10 @@ WRAPPER_KEYS = ("state_dict", "net", "model_state_dict", "model")  # checked in 
 PARALLEL_PREFIX = "module."  # torch.nn.DataParallel / DistributedDataParallel
 CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".t7", ".tar", ".ckpt", ".bin")  # in archives
 MAX_LISTED = 8  # keys named in an error message per kind of problem
+# Zip archives (and zip-format torch files) are checked before anything is decompressed, so that a
+# crafted file costs bounded memory: published checkpoints are < 1 GB and compress about 1.1x.
+MAX_UNPACKED_BYTES = 4 << 30  # declared size of all members together
+MAX_RATIO = 50  # declared size / compressed size of any deflated member
 
 
 # --- reading source files ----------------------------------------------------------------------
@@ -73,12 +77,44 @@ def _torch_load(data: bytes | Path, where: Path) -> object:
         ) from None
 
 
+def _check_zip(archive: zipfile.ZipFile, path: Path) -> None:
+    """Refuse an archive whose members would unpack to more than ``MAX_UNPACKED_BYTES`` or that
+    compress implausibly well (a zip bomb), from the sizes the archive declares."""
+    total = 0
+    for info in archive.infolist():
+        total += info.file_size
+        packed = max(info.compress_size, 1)
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size / packed > MAX_RATIO:
+            raise InputError(
+                f"member {info.filename!r} would unpack {info.file_size / packed:.0f}x its "
+                f"{info.compress_size} bytes (a zip bomb?); refused",
+                path,
+            )
+    if total > MAX_UNPACKED_BYTES:
+        raise InputError(
+            f"the archive would unpack to {total / 2**30:.1f} GiB (more than "
+            f"{MAX_UNPACKED_BYTES / 2**30:.0f} GiB); refused",
+            path,
+        )
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """A member's bytes, read no further than its declared size (which may lie)."""
+    info = archive.getinfo(name)
+    with archive.open(info) as stream:
+        data = stream.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise InputError(f"member {name!r} is larger than the archive says; refused", path)
+    return data
+
+
 def _archive_member(path: Path, member: str | None) -> tuple[bytes, str] | None:
     """The checkpoint inside a plain zip archive (TSAV's download), or None for other files."""
     if not zipfile.is_zipfile(path):
         return None
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_zip(archive, path)
             names = [n for n in archive.namelist() if not n.endswith("/")]
             if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
                 return None  # a zip-format torch.save file, not an archive of checkpoints
@@ -98,7 +134,7 @@ def _archive_member(path: Path, member: str | None) -> tuple[bytes, str] | None:
                 member = found[0]
             elif member not in names:
                 raise InputError(f"the archive has no member {member!r}", path)
-            return archive.read(member), member
+            return _read_member(archive, member, path), member
     except zipfile.BadZipFile as error:
         raise InputError(f"corrupt zip archive ({error})", path) from None
 
