@@ -664,8 +664,8 @@ def train(
         str,
         typer.Option(
             "--head",
-            help="A registered fusion head: jca, jmt, jca_tbiom, concat, cross_attention or "
-            "leader_follower (`avemo.train.heads()`).",
+            help="A registered fusion head, e.g. jca, jmt or jca_tbiom (README, Models; "
+            "an unknown name lists them all).",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint (.safetensors).")],

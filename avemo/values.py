@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from avemo.clips import (
     to_frames,
     window_has_face,
 )
-from avemo.devices import autocast
+from avemo.devices import autocast, to_device
 from avemo.face.align import align, expression_crop
 from avemo.features import Backbones, ClipStream, FeatureEngine
 
@@ -49,6 +49,40 @@ class Timer:
             yield
         finally:
             self.seconds[stage] += time.perf_counter() - start
+
+
+def expression_probabilities(
+    model: torch.nn.Module,
+    crops: np.ndarray | Sequence[np.ndarray],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    bf16: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the expression model on N gray 64x64 crops, batched: -> (N x 7 probabilities, N x 2
+    valence/arousal).
+
+    ``model`` must already be on ``device``; its parameters are switched to channels-last
+    memory format (same results, several times faster convolutions on CPU). ``bf16`` runs the
+    convolutions under bfloat16 autocast (the softmax stays float32). Copies to the device go
+    through :func:`avemo.devices.to_device` (pinned, non-blocking on CUDA).
+    """
+    from avemo.models import expression
+
+    device = torch.device(device)
+    size = expression.EXPRESSION_SIZE
+    crops = np.asarray(crops, dtype=np.uint8).reshape(-1, size, size)
+    out = np.empty((len(crops), len(expression.EMOTIONS)), dtype=np.float32)
+    model.to(memory_format=torch.channels_last)
+    step = max(int(batch_size), 1)
+    with torch.inference_mode():
+        for start in range(0, len(crops), step):
+            x = to_device(crops[start : start + step], device)
+            x = expression.preprocess(x).contiguous(memory_format=torch.channels_last)
+            with autocast(device, bf16):
+                probs = model(x)
+            out[start : start + len(x)] = probs.float().cpu().numpy()
+    return out, expression.expression_to_va(out)
 
 
 class ExpressionPredictor:
@@ -93,7 +127,7 @@ class ExpressionPredictor:
         if not self._crops:
             return
         with self.timer("backbones"), torch.inference_mode():
-            self.probs[self._frames], _ = self.expression.predict(
+            self.probs[self._frames], _ = expression_probabilities(
                 self.model,
                 self._crops,
                 device=self.device,

@@ -20,6 +20,7 @@ from avemo import models
 from avemo.devices import torch_device
 from avemo.face import align
 from avemo.models import expression
+from avemo.values import expression_probabilities
 
 ASTRONAUT_LANDMARKS = np.array([[203, 102], [247, 105], [223, 125], [203, 142], [241, 144]], float)
 
@@ -59,7 +60,7 @@ def main() -> None:
     crops = np.stack([align.expression_crop(frame, landmarks)] * args.batch_size)
     for bf16 in (False, True):
         speed = rate(
-            lambda bf16=bf16: expression.predict(
+            lambda bf16=bf16: expression_probabilities(
                 model, crops, device=device, batch_size=args.batch_size, bf16=bf16
             ),
             len(crops),

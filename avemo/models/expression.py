@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -185,36 +184,3 @@ def expression_to_va(probs: np.ndarray | torch.Tensor) -> np.ndarray:
     table = np.array([CATEGORY_VA[name] for name in EMOTIONS])
     p = p / p.sum(axis=1, keepdims=True)
     return np.clip(p @ table, -1.0, 1.0).astype(np.float32)
-
-
-@torch.inference_mode()
-def predict(
-    model: nn.Module,
-    crops: np.ndarray | Sequence[np.ndarray],
-    *,
-    device: torch.device | str = "cpu",
-    batch_size: int = 256,
-    bf16: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run the expression model on N gray crops, batched: -> (N x 7 probabilities, N x 2 VA).
-
-    ``model`` must already be on ``device``; its parameters are switched to channels-last
-    memory format (same results, several times faster convolutions on CPU). ``bf16`` runs the
-    convolutions under bfloat16 autocast (the softmax stays float32). On CUDA the batches go
-    through pinned memory with non-blocking copies.
-    """
-    device = torch.device(device)
-    crops = np.asarray(crops, dtype=np.uint8).reshape(-1, EXPRESSION_SIZE, EXPRESSION_SIZE)
-    out = np.empty((len(crops), len(EMOTIONS)), dtype=np.float32)
-    model.to(memory_format=torch.channels_last)
-    cuda = device.type == "cuda"
-    step = max(int(batch_size), 1)
-    for start in range(0, len(crops), step):
-        x = preprocess(crops[start : start + step])
-        if cuda:
-            x = x.pin_memory()
-        x = x.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            probs = model(x)
-        out[start : start + len(x)] = probs.float().cpu().numpy()
-    return out, expression_to_va(out)

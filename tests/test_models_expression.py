@@ -16,6 +16,7 @@ from avemo import hub, models
 from avemo.face import align
 from avemo.files import sha256_file
 from avemo.models import expression
+from avemo.values import expression_probabilities
 
 REFERENCE = Path(__file__).parent / "data" / "fer_reference.npz"
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def read_pts(path: Path) -> np.ndarray:
 
 def test_port_matches_the_original_keras_model(model, reference):
     """Probabilities of the original fer model (Keras, stored once) on real crops and noise."""
-    probs, _ = expression.predict(model, reference["crops"])
+    probs, _ = expression_probabilities(model, reference["crops"])
     np.testing.assert_allclose(probs, reference["crop_probs"], atol=1e-5)
     with torch.inference_mode():
         noise = model(torch.from_numpy(reference["noise"][:, None])).numpy()
@@ -175,15 +176,15 @@ def test_crop_puts_landmarks_on_the_template():
 
 def test_predict_batches_and_bf16(model, reference):
     crops = reference["crops"]
-    probs, va = expression.predict(model, crops, batch_size=256)
-    small, small_va = expression.predict(model, crops, batch_size=3)
+    probs, va = expression_probabilities(model, crops, batch_size=256)
+    small, small_va = expression_probabilities(model, crops, batch_size=3)
     np.testing.assert_allclose(small, probs, atol=1e-6)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert va.shape == (len(crops), 2) and np.all(np.abs(va) <= 1)
-    bf16, bf16_va = expression.predict(model, crops, bf16=True)
+    bf16, bf16_va = expression_probabilities(model, crops, bf16=True)
     assert bf16.dtype == np.float32
     np.testing.assert_allclose(bf16_va, va, atol=0.15)
-    empty, empty_va = expression.predict(model, np.zeros((0, 64, 64), np.uint8))
+    empty, empty_va = expression_probabilities(model, np.zeros((0, 64, 64), np.uint8))
     assert empty.shape == (0, 7) and empty_va.shape == (0, 2)
 
 
@@ -194,7 +195,7 @@ def test_smiling_faces_get_clearly_positive_valence(model, astronaut_photo, grou
         align.expression_crop(friends, np.array(T1_ROSS)),
         align.expression_crop(friends, np.array(T1_CHANDLER)),
     ]
-    probs, va = expression.predict(model, np.stack(crops))
+    probs, va = expression_probabilities(model, np.stack(crops))
     assert all(expression.EMOTIONS[i] == "happy" for i in probs.argmax(1))
     assert np.all(va[:, 0] > 0.4), va
 
@@ -209,7 +210,7 @@ def test_tense_faces_get_negative_valence(model, breakingbad_photo):
             align.expression_crop(image, np.array(JESSE)),
         ]
     )
-    probs, va = expression.predict(model, crops)
+    probs, va = expression_probabilities(model, crops)
     assert expression.EMOTIONS[probs[0].argmax()] in ("sad", "angry")
     assert probs[0, [0, 4]].sum() > 0.5  # angry + sad
     assert np.all(va[:, 0] < -0.25), va
