@@ -126,12 +126,16 @@ Threshold = Annotated[
     ),
 ]
 DetectEvery = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--detect-every",
         min=1,
-        help="Detect on every K-th frame only, interpolating the faces in between.",
+        help="Run the detector on every K-th frame only, faces interpolated between (default: "
+        "2; 1 for `avemo faces`).",
     ),
+]
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", min=1, help="Clips per forward pass (default 8).")
 ]
 Progress = Annotated[
     bool | None,
@@ -179,10 +183,7 @@ def annotate(
         str | None, typer.Option("--format", "-f", help="csv (default), tsv or abaw (challenge).")
     ] = None,
     device: Device = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", min=1, help="Clips per forward pass (default 8)."),
-    ] = None,
+    batch_size: BatchSize = None,
     bf16: Annotated[
         bool | None,
         typer.Option(
@@ -194,14 +195,7 @@ def annotate(
     detector: Detector = None,
     detector_model: DetectorModel = None,
     detect_size: DetectSize = None,
-    detect_every: Annotated[
-        int | None,
-        typer.Option(
-            "--detect-every",
-            min=1,
-            help="Run the detector every K frames, boxes interpolated between (default 2).",
-        ),
-    ] = None,
+    detect_every: DetectEvery = None,
     max_faces: MaxFaces = None,
     overwrite: Overwrite = False,
     progress: Progress = None,
@@ -525,14 +519,7 @@ def faces(
     detector_model: DetectorModel = None,
     detect_size: DetectSize = None,
     threshold: Threshold = None,
-    detect_every: Annotated[
-        int | None,
-        typer.Option(
-            "--detect-every",
-            min=1,
-            help="Detect on every K-th frame only, interpolating the faces in between (default 1).",
-        ),
-    ] = None,
+    detect_every: DetectEvery = None,
     max_faces: MaxFaces = None,
     save_crops: Annotated[
         bool,
@@ -603,9 +590,7 @@ def extract(
         list[Path] | None,
         typer.Option("--labels", help="Label folder(s): extract only the labelled videos."),
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Clips per pass (default 8).")
-    ] = None,
+    batch_size: BatchSize = None,
     device: Device = None,
     bf16: Annotated[
         bool, typer.Option("--bf16", help="bfloat16 autocast (faster on recent CPUs and GPUs).")
@@ -613,14 +598,7 @@ def extract(
     detector: Detector = None,
     detector_model: DetectorModel = None,
     detect_size: DetectSize = None,
-    detect_every: Annotated[
-        int | None,
-        typer.Option(
-            "--detect-every",
-            min=1,
-            help="Without --crops: run the detector every K frames (default 2, as annotate).",
-        ),
-    ] = None,
+    detect_every: DetectEvery = None,
     threshold: Threshold = None,
     overwrite: Overwrite = False,
     progress: Progress = None,
