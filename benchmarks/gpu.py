@@ -24,9 +24,10 @@ Checks (``--device cuda``; each prints PASS or FAIL and any FAIL makes the exit 
 - bf16 autocast on the GPU vs float32 on the CPU: CCC >= 0.999 per dimension, for both models.
 
 Then per model and batch size (8, 32, 128 by default): frames per second end to end, per-stage
-seconds and peak GPU memory (``torch.cuda.max_memory_allocated``). With ``--device cpu`` the same
-steps run on the CPU (checks that need a GPU say "skipped", memory "n/a") and the exit status is
-0 if everything ran.
+seconds and peak GPU memory (``torch.cuda.max_memory_allocated``: PyTorch's tensors; the device's
+memory in use after the run, with the CUDA contexts and onnxruntime's arena, is printed beside).
+With ``--device cpu`` the same steps run on the CPU (checks that need a GPU say "skipped", memory
+"n/a") and the exit status is 0 if everything ran.
 """
 
 from __future__ import annotations
@@ -147,11 +148,16 @@ def run(video: Path, model, device: str, **options) -> tuple[dict, np.ndarray]:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     record = table.attrs["avemo"]
+    used = None
+    if cuda:  # device-wide, after the run: CUDA contexts and onnxruntime's arena included
+        free, total = torch.cuda.mem_get_info()
+        used = (total - free) / 2**20
     numbers = {
         "frames": len(table),
         "fps": len(table) / seconds,
         "stages_s": {k: round(v, 2) for k, v in record["stages_s"].items()},
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "device_used_mib": used,
         "predicted": int(table["valence_raw"].notna().sum()),
     }
     return numbers, table[["valence_raw", "arousal_raw"]].to_numpy()
@@ -273,10 +279,18 @@ def main(argv: list[str] | None = None) -> int:
                         video, spec, device, batch_size=batch, bf16=bf16, stride=args.stride
                     )
                     memory = numbers["peak_gpu_mib"]
+                    used = numbers["device_used_mib"]
+                    memory = (
+                        "n/a"
+                        if memory is None
+                        else (
+                            f"{memory:.0f} MiB (torch; device in use after the run {used:.0f} MiB)"
+                        )
+                    )
                     print(
                         f"{label}, {'bf16' if bf16 else 'fp32'}, batch {batch}: "
                         f"{numbers['fps']:.1f} fps over {numbers['frames']} frames, "
-                        f"peak GPU memory {'n/a' if memory is None else f'{memory:.0f} MiB'}, "
+                        f"peak GPU memory {memory}, "
                         f"stages (s) {json.dumps(numbers['stages_s'])}",
                         flush=True,
                     )
