@@ -328,7 +328,14 @@ def import_sources(
     the recipe expects (an :class:`AvemoError` if the head reads another)."""
     candidates: dict[str, list[tuple[int, Imported, str]]] = {}
     stems = {}
-    dimensions = iter(("valence", "arousal"))
+    taken: list[str] = []  # dimensions given to one-output CVPRW files by their order
+
+    def by_order() -> Iterator[str]:
+        for dimension in ("valence", "arousal"):
+            taken.append(dimension)
+            yield dimension
+
+    dimensions = by_order()
     for src, name, options in sources:
         parts, stem = load_source(
             src, fmt, name=name, for_pipeline=True, dimensions=dimensions, **options
@@ -338,6 +345,11 @@ def import_sources(
             stems[part.role] = stem
     if not candidates:
         raise AvemoError("no sources given")
+    if len(taken) == 1:
+        raise AvemoError(
+            "one one-output CVPRW fusion file among the sources: give the valence file and the "
+            "arousal file (in that order), or say which dimension it regresses with --dimension"
+        )
     pipeline = assemble(_choose(candidates), seq_len=seq_len)
     got = pipeline.module.avemo_config["kwargs"]["visual"]["kwargs"].get("features", "pool")
     if features is not None and got != features:
@@ -390,7 +402,11 @@ def pull_pipeline(
     manifest = hub.load_manifest()
     pipeline = hub.get_pipeline(name)
     if hub.pipeline_status(pipeline, manifest) == "ready":
-        return hub.resolve(name, manifest)
+        try:
+            return hub.resolve(name, manifest)
+        except AvemoError as error:  # changed since it was assembled: assemble it again
+            log.warning("%s; assembling it again", error)
+            pipeline.path.unlink()
     paths = {
         c.weights: hub.pull(c.weights, trust=trust, manifest=manifest, timeout=timeout,
                             progress=progress)

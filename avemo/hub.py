@@ -434,7 +434,7 @@ def _resolve_pipeline(pipeline: Pipeline, manifest: Mapping[str, Weights]) -> Pa
         why = (
             "was assembled from other files or by another recipe"
             if state_now == "stale"
-            else ("is not pulled yet")
+            else "is not pulled yet"
         )
         raise AvemoError(
             f"pipeline {pipeline.name} {why}: run `{pull_command(pipeline, manifest)}`"

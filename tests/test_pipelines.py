@@ -199,6 +199,8 @@ def test_named_pipeline_stale_and_corrupt(test_manifest, server):
     pipeline.path.write_bytes(bytes(data))
     with pytest.raises(AvemoError, match="corrupt; `avemo weights pull tiny-jca"):
         hub.resolve("tiny-jca")
+    assert convert.pull_pipeline("tiny-jca", trust=True) == pipeline.path  # assembled again
+    assert hub.resolve("tiny-jca") == pipeline.path
 
 
 def test_manifest_pipeline_validation(tmp_path):
@@ -295,6 +297,9 @@ def test_cvpr_files_joined_into_one_pipeline(tmp_path, backbones, av_clip, monke
     result = run("weights", "import", *swapped, "--pipeline", "-o", str(tmp_path / "x.safetensors"))
     assert result.exit_code == 2
     assert "arousal.t7: its name says arousal but it comes in as the valence file" in result.output
+    alone = [*map(str, backbones), str(valence_file)]
+    result = run("weights", "import", *alone, "--pipeline", "-o", tmp_path / "x.safetensors")
+    assert result.exit_code == 2 and "give the valence file and the arousal file" in result.output
 
 
 def test_per_dimension_head_trains_like_any_head():

@@ -250,9 +250,12 @@ class PerDimension(nn.Module):
     output of each head that is not used (its other dimension) is computed and dropped.
     """
 
-    def __init__(self, valence: dict, arousal: dict):
+    def __init__(self, valence: dict | None = None, arousal: dict | None = None):
         super().__init__()
         from avemo.models.registry import build, builder
+
+        valence = valence or {"builder": "jca", "kwargs": {}}  # default: the paper's JCA
+        arousal = arousal or {"builder": "jca", "kwargs": {}}
 
         for name, spec in (("valence", valence), ("arousal", arousal)):
             if not isinstance(spec, dict) or not isinstance(spec.get("builder"), str):
