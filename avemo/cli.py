@@ -272,10 +272,10 @@ def weights_list() -> None:
 @weights_app.command("info")
 @_reported
 def weights_info(name: Annotated[str, typer.Argument(help="A name from `avemo weights list`.")]):
-    """Show everything the manifest and the cache know about NAME."""
+    """Show everything the manifest and the cache know about NAME (weights or a pipeline)."""
     from avemo import hub
 
-    info = hub.describe(hub.get(name))
+    info = hub.info(name)
     for key, value in info.items():
         if isinstance(value, list | tuple):
             value = ", ".join(map(str, value)) or "-"
@@ -287,7 +287,9 @@ def weights_info(name: Annotated[str, typer.Argument(help="A name from `avemo we
 @weights_app.command("pull")
 @_reported
 def weights_pull(
-    names: Annotated[list[str], typer.Argument(help="Names from `avemo weights list`.")],
+    names: Annotated[
+        list[str], typer.Argument(help="Weights or pipeline names from `avemo weights list`.")
+    ],
     trust: Annotated[
         bool,
         typer.Option(
@@ -299,10 +301,11 @@ def weights_pull(
         typer.Option("--timeout", min=0.1, help="Seconds to wait for the server (30)."),
     ] = None,
 ) -> None:
-    """Download weights into the cache, resuming partial downloads, verifying the sha256."""
-    from avemo import hub
+    """Download weights into the cache, resuming partial downloads, verifying the sha256; a
+    pipeline's components are pulled, then imported and assembled once into the cache."""
+    from avemo import convert
 
-    done = hub.pull_many(names, trust=trust, **_given(timeout=timeout))
+    done = convert.pull_command(names, trust=trust, **_given(timeout=timeout))
     for name, path in done.items():
         if path is not None:
             typer.echo(f"{name}: {path}")

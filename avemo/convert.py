@@ -4,7 +4,8 @@ The key tables live in :mod:`avemo.models.layouts`; this module resolves sources
 manifest names through the cache), records where each part came from (file, sha256, manifest
 entry and licence), writes one avemo checkpoint per part or, with ``pipeline=True``, assembles
 the parts of all sources into one ``pipeline`` checkpoint (:func:`avemo.models.assemble`) that
-``avemo annotate`` runs.
+``avemo annotate`` runs. Named pipelines of the manifest are pulled and assembled into the cache
+here too (:func:`pull_pipeline`, ``avemo weights pull PIPELINE``).
 
 Formats whose file holds several networks write one checkpoint per part: ``tsav`` gives
 ``OUT.visual.safetensors`` and ``OUT.audio.safetensors`` for ``-o OUT.safetensors``.
@@ -12,8 +13,11 @@ Formats whose file holds several networks write one checkpoint per part: ``tsav`
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Mapping
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import torch
 
 from avemo import hub, models
 from avemo.errors import AvemoError
+from avemo.files import sha256_file
 from avemo.models.layouts import (
     FORMATS,
     JCA_REGRESSOR_MODES,
@@ -29,8 +34,11 @@ from avemo.models.layouts import (
     Source,
     detect_format,
     fill_layout,
+    one_output_jca,
     read_source,
 )
+
+log = logging.getLogger("avemo")
 
 SUFFIX = ".safetensors"
 ROLES = tuple(models.ROLES)  # parts of a pipeline, in output-name order
@@ -75,6 +83,7 @@ def provenance(
         "layout": layout.description,
         "ignored": {why: len(keys) for why, keys in sorted(ignored.items())},
         "notes": [*layout.notes, *notes],
+        **({"dimension": layout.dimension} if layout.dimension else {}),
     }
 
 
@@ -133,13 +142,16 @@ def load_source(
     name: str | None = None,
     member: str | None = None,
     for_pipeline: bool = False,
+    dimensions: Iterator[str] | None = None,
     **options,
 ) -> tuple[list[Imported], str]:
     """Resolve, read and convert one source; its parts and a stem for output names.
 
     ``for_pipeline``: an avemo checkpoint (``.safetensors``) is taken as it is, one part whose
     role is its component; options the format does not take are dropped (a pipeline's options
-    are meant for some of its sources).
+    are meant for some of its sources). ``dimensions``: where a one-output CVPRW fusion file
+    without a ``dimension`` option takes the dimension it regresses from (the order of the
+    sources: valence, then arousal); a file whose name says the other dimension is an error.
     """
     path, entry = resolve_source(src, name)
     if path.name.endswith(SUFFIX):
@@ -162,7 +174,25 @@ def load_source(
     stem = entry.name if entry else path.name.split(".")[0]
     if for_pipeline:
         options = {k: v for k, v in options.items() if k in OPTIONS.get(fmt, ())}
+    if dimensions is not None and "dimension" not in options and one_output_jca(source.state):
+        options["dimension"] = _dimension_of(path, next(dimensions, None))
     return convert(source, fmt, entry=entry, **options), stem
+
+
+def _dimension_of(path: Path, dimension: str | None) -> str:
+    """The dimension a one-output CVPRW fusion file comes in for, checked against its name."""
+    from avemo.metrics import DIMENSIONS
+
+    if dimension is None:
+        raise AvemoError("a third one-dimension JCA file: give one valence and one arousal file")
+    said = [d for d in DIMENSIONS if d in path.name.lower()]
+    if len(said) == 1 and said[0] != dimension:
+        raise AvemoError(
+            f"its name says {said[0]} but it comes in as the {dimension} file: give the valence "
+            "file first, then the arousal file",
+            path,
+        )
+    return dimension
 
 
 def import_weights(
@@ -196,13 +226,67 @@ def import_weights(
     return [targets[p.role] for p in parts]
 
 
+def _join(role: str, found: list[tuple[int, Imported, str]]) -> Imported | None:
+    """Several single-part sources of one role that avemo combines: two one-dimension CVPRW
+    heads (valence, arousal) into one ``per_dimension`` head; an ``i3d_tcn`` and an ``r3d_18``
+    visual backbone into the ablation's ``i3d_tcn_r3d``. None when they are not such a pair."""
+    from avemo.models.heads import join_dimensions
+    from avemo.models.i3d import combine_i3d_tcn_r3d
+
+    single = [part for count, part, _ in found if count == 1]
+    if len(single) != 2:
+        return None
+    if role == "head":
+        by_dimension = {part.provenance.get("dimension"): part for part in single}
+        if set(by_dimension) != {"valence", "arousal"}:
+            return None
+        valence, arousal = by_dimension["valence"], by_dimension["arousal"]
+        try:
+            module = join_dimensions(valence.module, arousal.module)
+        except ValueError as error:
+            raise AvemoError(f"cannot join the valence and arousal heads: {error}") from None
+        note = (
+            "one head per dimension (per_dimension): the valence file's valence output and the "
+            "arousal file's arousal output, each with its own attention; each file's untrained "
+            "regressor of the other dimension is kept but unused"
+        )
+        records = {"valence": valence.provenance, "arousal": arousal.provenance}
+    elif role == "visual":
+        by_builder = {part.module.avemo_config["builder"]: part for part in single}
+        if set(by_builder) != {"i3d_tcn", "r3d_18"}:
+            return None
+        try:
+            module = combine_i3d_tcn_r3d(by_builder["i3d_tcn"].module, by_builder["r3d_18"].module)
+        except ValueError as error:
+            raise AvemoError(f"cannot combine I3D-TCN and R3D-18: {error}") from None
+        note = "I3D-TCN + R3D-18 (i3d_tcn_r3d): features concatenated, 512 + 512"
+        records = {"i3d_tcn": by_builder["i3d_tcn"].provenance,
+                   "r3d": by_builder["r3d_18"].provenance}  # fmt: skip
+    else:
+        return None
+    provenance = {
+        "trained": True,  # every output used comes from trained weights
+        "source": "; ".join(f"{k}: {r.get('source')}" for k, r in records.items()),
+        "licence": "; ".join(f"{k}: {r['licence']}" for k, r in records.items() if r.get("licence"))
+        or None,
+        "parts": records,
+        "notes": [note],
+    }
+    return Imported(role, module, provenance)
+
+
 def _choose(candidates: dict[str, list[tuple[int, Imported, str]]]) -> dict[str, Imported]:
-    """One part per role; a source giving only that part beats one giving several (tsav)."""
+    """One part per role; a source giving only that part beats one giving several (tsav); two
+    single-part sources that avemo combines (:func:`_join`) become one part."""
     chosen = {}
     for role in ROLES:
         found = candidates.get(role, [])
         if not found:
             raise AvemoError(f"no {role} part among the sources of the pipeline")
+        joined = _join(role, found)
+        if joined is not None:
+            chosen[role] = joined
+            continue
         best = min(count for count, _, _ in found)
         winners = [(part, label) for count, part, label in found if count == best]
         if len(winners) > 1:
@@ -215,9 +299,9 @@ def _choose(candidates: dict[str, list[tuple[int, Imported, str]]]) -> dict[str,
 def assemble(parts: Mapping[str, Imported], *, seq_len: int | None = None) -> Imported:
     """One ``pipeline`` part holding the parts' weights (:func:`avemo.models.assemble`), with
     the provenance of every part."""
-    pipeline, notes = models.assemble(
-        {role: parts[role].module for role in ROLES}, seq_len=seq_len
-    )
+    head = parts["head"].module
+    seq_len = seq_len or getattr(head, "seq_len", None)  # per_dimension: its heads' L
+    pipeline, notes = models.assemble({role: parts[role].module for role in ROLES}, seq_len=seq_len)
     records = {role: parts[role].provenance for role in ROLES}
     provenance = {
         "trained": all(r.get("trained") for r in records.values()),
@@ -232,6 +316,47 @@ def assemble(parts: Mapping[str, Imported], *, seq_len: int | None = None) -> Im
     return Imported("pipeline", pipeline, provenance)
 
 
+def import_sources(
+    sources: Iterable[tuple[str | os.PathLike, str | None, dict]],
+    *,
+    fmt: str | None = None,
+    seq_len: int | None = None,
+    features: str | None = None,
+) -> tuple[Imported, str]:
+    """Import ``(source, manifest name or None, options)`` triples and assemble them into one
+    ``pipeline`` part; it and the stem of its head source. ``features``: the visual feature mode
+    the recipe expects (an :class:`AvemoError` if the head reads another)."""
+    candidates: dict[str, list[tuple[int, Imported, str]]] = {}
+    stems = {}
+    taken: list[str] = []  # dimensions given to one-output CVPRW files by their order
+
+    def by_order() -> Iterator[str]:
+        for dimension in ("valence", "arousal"):
+            taken.append(dimension)
+            yield dimension
+
+    dimensions = by_order()
+    for src, name, options in sources:
+        parts, stem = load_source(
+            src, fmt, name=name, for_pipeline=True, dimensions=dimensions, **options
+        )
+        for part in parts:
+            candidates.setdefault(part.role, []).append((len(parts), part, os.fspath(src)))
+            stems[part.role] = stem
+    if not candidates:
+        raise AvemoError("no sources given")
+    if len(taken) == 1:
+        raise AvemoError(
+            "one one-output CVPRW fusion file among the sources: give the valence file and the "
+            "arousal file (in that order), or say which dimension it regresses with --dimension"
+        )
+    pipeline = assemble(_choose(candidates), seq_len=seq_len)
+    got = pipeline.module.avemo_config["kwargs"]["visual"]["kwargs"].get("features", "pool")
+    if features is not None and got != features:
+        raise AvemoError(f"the recipe expects {features} visual features, the head reads {got}")
+    return pipeline, stems["head"]
+
+
 def import_pipeline(
     sources: Iterable[str | os.PathLike],
     output: str | os.PathLike,
@@ -244,23 +369,99 @@ def import_pipeline(
     """Import several sources and write them as one ``pipeline`` checkpoint; its path.
 
     The sources must give exactly one visual backbone, audio backbone and head (a source that
-    gives only one part wins over ``tsav``, which gives two). Sources may also be avemo
-    checkpoints. The sequence length is the head's (``seq_len`` for a JMT head: 16 by default).
+    gives only one part wins over ``tsav``, which gives two), or pairs that avemo combines: two
+    one-output CVPRW fusion files (valence first, then arousal; ``--dimension`` unset) become one
+    head per dimension, an I3D-TCN and an R3D-18 backbone the two-backbone ``i3d_tcn_r3d``.
+    Sources may also be avemo checkpoints. The sequence length is the head's (``seq_len`` for a
+    JMT head: 16 by default).
     """
-    candidates: dict[str, list[tuple[int, Imported, str]]] = {}
-    stems = {}
-    for src in sources:
-        parts, stem = load_source(src, fmt, for_pipeline=True, **options)
-        for part in parts:
-            candidates.setdefault(part.role, []).append((len(parts), part, os.fspath(src)))
-            stems[part.role] = stem
-    if not candidates:
-        raise AvemoError("no sources given")
-    pipeline = assemble(_choose(candidates), seq_len=seq_len)
-    target = output_paths(output, ["pipeline"], stems["head"])["pipeline"]
+    pipeline, stem = import_sources(
+        [(src, None, options) for src in sources], fmt=fmt, seq_len=seq_len
+    )
+    target = output_paths(output, ["pipeline"], stem)["pipeline"]
     _check_targets([target], overwrite)
     models.save(pipeline.module, target, provenance=pipeline.provenance)
     return target
+
+
+# --- named pipelines: pulled, imported and assembled once into the cache -----------------------
+
+
+def pull_pipeline(
+    name: str,
+    *,
+    trust: bool = False,
+    timeout: float = hub.DEFAULT_TIMEOUT,
+    progress: bool | None = None,
+) -> Path:
+    """``avemo weights pull PIPELINE``: every component the cache lacks pulled (verified,
+    resumable: :func:`avemo.hub.pull`), then imported and assembled once by the manifest's
+    recipe into ``<cache>/pipelines/<name>/``, its sha256 recorded with the components' hashes.
+    A pipeline already assembled from the same files by the same recipe is returned as it is.
+    """
+    manifest = hub.load_manifest()
+    pipeline = hub.get_pipeline(name)
+    if hub.pipeline_status(pipeline, manifest) == "ready":
+        try:
+            return hub.resolve(name, manifest)
+        except AvemoError as error:  # changed since it was assembled: assemble it again
+            log.warning("%s; assembling it again", error)
+            pipeline.path.unlink()
+    paths = {
+        c.weights: hub.pull(c.weights, trust=trust, manifest=manifest, timeout=timeout,
+                            progress=progress)
+        for c in pipeline.components
+    }  # fmt: skip
+    state = hub.load_state()
+    hashes = {n: hub.expected_sha256(manifest[n], state) for n in pipeline.weights}
+    start = time.perf_counter()
+    try:
+        part, _ = import_sources(
+            [(paths[c.weights], c.weights, dict(c.options)) for c in pipeline.components],
+            seq_len=pipeline.seq_len,
+            features=pipeline.features,
+        )
+    except AvemoError as error:
+        raise AvemoError(f"cannot assemble pipeline {name}: {error}") from None
+    if part.module.seq_len != pipeline.seq_len:
+        raise AvemoError(
+            f"cannot assemble pipeline {name}: its head takes L = {part.module.seq_len}, "
+            f"the manifest says {pipeline.seq_len}"
+        )
+    provenance = {**part.provenance, "pipeline": name, "matches": pipeline.matches,
+                  "components": hashes}  # fmt: skip
+    pipeline.path.parent.mkdir(parents=True, exist_ok=True)
+    models.save(part.module, pipeline.path, provenance=provenance)  # atomic
+    seconds = round(time.perf_counter() - start, 3)
+    hub.record_pipeline(pipeline, sha256_file(pipeline.path), hashes, seconds=seconds)
+    log.info("%s: imported and assembled in %.1f s", name, seconds)
+    return pipeline.path
+
+
+def pull_command(
+    names: list[str], *, trust: bool = False, timeout: float = hub.DEFAULT_TIMEOUT, stream=None
+) -> dict[str, Path | None]:
+    """``avemo weights pull``: weights files into the cache (:func:`avemo.hub.pull`) and named
+    pipelines assembled there (:func:`pull_pipeline`); name -> its path, or None when it failed
+    (one ``error:`` line each on ``stream``). An unknown name is an :class:`AvemoError` before
+    any download."""
+    stream = stream or sys.stderr
+    manifest = hub.load_manifest()
+    pipelines = hub.load_pipelines()
+    for name in names:
+        if name not in pipelines:
+            hub.get(name, manifest)
+    done: dict[str, Path | None] = {}
+    for name in names:
+        try:
+            if name in pipelines:
+                done[name] = pull_pipeline(name, trust=trust, timeout=timeout)
+            else:
+                done[name] = hub.pull(name, trust=trust, manifest=manifest, timeout=timeout)
+        except AvemoError as error:
+            print(f"error: {error}", file=stream, flush=True)
+            done[name] = None
+    return done
 
 
 def resolve_source(src: str | os.PathLike, name: str | None) -> tuple[Path, hub.Weights | None]:

@@ -9,6 +9,18 @@ renamed into place. Nothing unverifiable is used: a file whose sha256 the manife
 only downloaded with ``trust=True``, and the hash seen then is recorded in ``<cache>/state.json``
 so that later checks compare against it. ``resolve`` turns a name or a path into a file for the
 other commands (``annotate --model NAME``).
+
+The manifest also names *pipelines*: whole models (visual + audio backbone + fusion head) described
+as data, by the weights files they are made of, the import options of each, the sequence length L
+and the visual features the head reads. ``avemo weights pull PIPELINE`` (:func:`avemo.convert.
+pull_pipeline`) pulls the components and imports and assembles them once into
+``<cache>/pipelines/<name>/<file>``; this module parses those entries, records the assembled
+file's sha256 (with the hashes of the components it was made from) and resolves the name.
+
+``$AVEMO_MANIFEST`` names another manifest file to use instead of the packaged one (a mirror, a
+test). File hosts that answer a large file with a confirmation page (Google Drive's "can't scan
+this file for viruses") are followed to the file: the page's download form or link is read, as
+the ``gdown`` tool does.
 """
 
 from __future__ import annotations
@@ -17,7 +29,9 @@ import contextlib
 import dataclasses
 import datetime
 import difflib
+import html.parser
 import http.client
+import http.cookiejar
 import json
 import logging
 import os
@@ -44,6 +58,9 @@ STATE_FILE = "state.json"  # in the cache: hashes recorded with --trust and veri
 CHUNK_SIZE = 1 << 20  # bytes per read while downloading
 DEFAULT_TIMEOUT = 30.0  # s, for connecting and for each read
 DEFAULT_RETRIES = 3  # resumptions after a connection dropped mid-file, per URL
+MANIFEST_ENV = "AVEMO_MANIFEST"  # another manifest file instead of the packaged one
+MAX_CONFIRMATIONS = 2  # "large file" confirmation pages followed per request
+MAX_PAGE_BYTES = 1 << 20  # bytes of a web page read to find its download form
 
 # what a manifest file may hold: a component, or both backbones of one network (TSAV)
 COMPONENTS = models.COMPONENTS | {"backbones"}
@@ -110,9 +127,12 @@ class Weights:
 # --- manifest ----------------------------------------------------------------------------------
 
 
-def load_manifest(path: str | os.PathLike | None = None) -> dict[str, Weights]:
-    """Read and validate a manifest; entries by name, in file order."""
-    path = Path(path) if path is not None else MANIFEST_PATH
+def manifest_path() -> Path:
+    """``$AVEMO_MANIFEST`` if set, else the packaged ``weights/manifest.json``."""
+    return Path(os.environ[MANIFEST_ENV]) if os.environ.get(MANIFEST_ENV) else MANIFEST_PATH
+
+
+def _read_manifest(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -123,6 +143,15 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, Weights]:
         raise AvemoError(f"not a format-{MANIFEST_FORMAT} avemo weights manifest", path)
     if not isinstance(data.get("weights"), list):
         raise AvemoError("the manifest has no 'weights' list", path)
+    if not isinstance(data.get("pipelines", []), list):
+        raise AvemoError("the manifest's 'pipelines' must be a list", path)
+    return data
+
+
+def load_manifest(path: str | os.PathLike | None = None) -> dict[str, Weights]:
+    """Read and validate a manifest's weights; entries by name, in file order."""
+    path = Path(path) if path is not None else manifest_path()
+    data = _read_manifest(path)
     entries: dict[str, Weights] = {}
     for index, raw in enumerate(data["weights"]):
         entry = _parse_entry(raw, f"entry {index}", path)
@@ -203,9 +232,238 @@ def get(name: str, manifest: Mapping[str, Weights] | None = None) -> Weights:
     manifest = load_manifest() if manifest is None else manifest
     if name in manifest:
         return manifest[name]
-    close = difflib.get_close_matches(name, list(manifest), n=3, cutoff=0.5)
+    known = list(manifest) + [p for p in _pipeline_names() if p not in manifest]
+    if name in known:
+        raise AvemoError(f"{name} is a pipeline, not a weights file: `avemo weights info {name}`")
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise AvemoError(f"unknown weights {name!r}: {hint}`avemo weights list` shows them all")
+
+
+# --- pipelines: whole models made of manifest entries --------------------------------------------
+
+PIPELINE_KEYS = ("name", "file", "components", "seq_len", "features", "matches", "notes")
+FEATURES = ("pool", "flat")  # the visual backbone's feature modes (avemo.models.backbones)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One weights file of a pipeline and the import options it is read with."""
+
+    weights: str
+    options: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A manifest pipeline: the recipe that turns weights files into one runnable checkpoint.
+
+    ``components`` are imported (each with its format's options) and assembled by
+    :func:`avemo.convert.import_sources`; ``seq_len`` is L; ``features`` the visual feature mode
+    the head reads (None: whatever the imported head reads).
+    """
+
+    name: str
+    file: str
+    components: tuple[Component, ...]
+    seq_len: int
+    features: str | None
+    matches: str
+    notes: str
+
+    @property
+    def path(self) -> Path:
+        """Where the assembled checkpoint lives in the cache."""
+        return cache_dir() / "pipelines" / self.name / self.file
+
+    @property
+    def recipe(self) -> dict:
+        """The recipe as data; a cached file made by another recipe is stale."""
+        return {
+            "components": [
+                {"weights": c.weights, "options": dict(c.options)} for c in self.components
+            ],
+            "seq_len": self.seq_len,
+            "features": self.features,
+        }
+
+    @property
+    def weights(self) -> list[str]:
+        return [c.weights for c in self.components]
+
+
+def _parse_pipeline(
+    raw: object, where: str, path: Path, weights: Mapping[str, Weights]
+) -> Pipeline:
+    from avemo.models.layouts import OPTIONS
+
+    def bad(message: str) -> AvemoError:
+        return AvemoError(f"{where}: {message}", path)
+
+    if not isinstance(raw, dict):
+        raise bad("not an object")
+    where = f"{where} ({raw.get('name', '?')})"
+    missing = [key for key in PIPELINE_KEYS if key not in raw]
+    if missing:
+        raise bad(f"missing keys: {', '.join(missing)}")
+    unknown = sorted(set(raw) - set(PIPELINE_KEYS))
+    if unknown:
+        raise bad(f"unknown keys: {', '.join(unknown)}")
+    for key in ("name", "file", "matches", "notes"):
+        if not isinstance(raw[key], str) or not raw[key]:
+            raise bad(f"{key!r} must be a non-empty string")
+    if not _NAME.match(raw["name"]):
+        raise bad("'name' must be lower-case letters, digits, '.' and '-'")
+    if raw["name"] in weights:
+        raise bad("a pipeline cannot have the name of a weights entry")
+    if "/" in raw["file"] or "\\" in raw["file"] or not raw["file"].endswith(".safetensors"):
+        raise bad("'file' must be a plain file name ending in .safetensors")
+    seq_len = raw["seq_len"]
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
+        raise bad("'seq_len' must be a positive integer")
+    if raw["features"] is not None and raw["features"] not in FEATURES:
+        raise bad(f"'features' must be null or one of {', '.join(FEATURES)}")
+    if not isinstance(raw["components"], list) or not raw["components"]:
+        raise bad("'components' must be a non-empty list")
+    components = []
+    for item in raw["components"]:
+        if (
+            not isinstance(item, dict)
+            or set(item) - {"weights", "options"}
+            or "weights" not in item
+        ):
+            raise bad("each component is {'weights': NAME, 'options': {...}}")
+        name, options = item["weights"], item.get("options", {})
+        if name not in weights:
+            raise bad(f"component {name!r} is not a weights entry of the manifest")
+        if not isinstance(options, dict):
+            raise bad(f"component {name}: 'options' must be an object")
+        fmt = weights[name].import_format
+        allowed = OPTIONS.get(fmt, set()) if fmt else set()
+        if set(options) - allowed:
+            extra = ", ".join(sorted(set(options) - allowed))
+            raise bad(f"component {name}: option {extra} does not apply to format {fmt}")
+        components.append(Component(name, tuple(sorted(options.items()))))
+    return Pipeline(
+        name=raw["name"],
+        file=raw["file"],
+        components=tuple(components),
+        seq_len=seq_len,
+        features=raw["features"],
+        matches=raw["matches"],
+        notes=raw["notes"],
+    )
+
+
+def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Pipeline]:
+    """Read and validate a manifest's pipelines; entries by name, in file order."""
+    path = Path(path) if path is not None else manifest_path()
+    weights = load_manifest(path)
+    entries: dict[str, Pipeline] = {}
+    for index, raw in enumerate(_read_manifest(path).get("pipelines", [])):
+        entry = _parse_pipeline(raw, f"pipeline {index}", path, weights)
+        if entry.name in entries:
+            raise AvemoError(f"duplicate pipeline name {entry.name!r}", path)
+        entries[entry.name] = entry
+    return entries
+
+
+def get_pipeline(name: str, pipelines: Mapping[str, Pipeline] | None = None) -> Pipeline:
+    """The manifest pipeline called ``name`` (:func:`get`'s errors for an unknown one)."""
+    pipelines = load_pipelines() if pipelines is None else pipelines
+    if name in pipelines:
+        return pipelines[name]
+    get(name)  # raises, with suggestions among weights and pipelines
+    raise AvemoError(f"{name} is a weights file, not a pipeline")
+
+
+def needs_trust(pipeline: Pipeline, manifest: Mapping[str, Weights] | None = None) -> bool:
+    """Whether pulling the pipeline needs ``--trust``: a component whose hash is not known."""
+    manifest = load_manifest() if manifest is None else manifest
+    state = load_state()
+    return any(not expected_sha256(manifest[name], state) for name in pipeline.weights)
+
+
+def pull_command(pipeline: Pipeline, manifest: Mapping[str, Weights] | None = None) -> str:
+    """The exact command that pulls ``pipeline``."""
+    trust = " --trust" if needs_trust(pipeline, manifest) else ""
+    return f"avemo weights pull {pipeline.name}{trust}"
+
+
+def record_pipeline(
+    pipeline: Pipeline, sha256: str, components: Mapping[str, str], **extra
+) -> None:
+    """Record the assembled file's hash, the components' hashes and the recipe it was made by."""
+    stat = pipeline.path.stat()
+    state = load_state()
+    state[pipeline.name] = {
+        "kind": "pipeline",
+        "file": pipeline.file,
+        "sha256": sha256,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "components": dict(components),
+        "recipe": pipeline.recipe,
+        "recorded": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **extra,
+    }
+    with atomic_path(cache_dir() / STATE_FILE) as tmp:
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def pipeline_status(pipeline: Pipeline, manifest: Mapping[str, Weights] | None = None) -> str:
+    """``ready`` (assembled, recorded, from the current recipe and component files), ``stale``
+    (assembled from other component files or by another recipe), or ``not pulled (K of N
+    components cached)``."""
+    manifest = load_manifest() if manifest is None else manifest
+    state = load_state()
+    record = state.get(pipeline.name, {})
+    if pipeline.path.is_file() and record.get("kind") == "pipeline":
+        current = {n: expected_sha256(manifest[n], state) for n in pipeline.weights}
+        if record.get("recipe") == pipeline.recipe and record.get("components") == current:
+            return "ready"
+        return "stale"
+    cached = sum(status(manifest[n]) in {"cached", "bundled"} for n in pipeline.weights)
+    return f"not pulled ({cached} of {len(pipeline.weights)} components cached)"
+
+
+def _resolve_pipeline(pipeline: Pipeline, manifest: Mapping[str, Weights]) -> Path:
+    """The assembled file of a ready pipeline, re-hashed only when its size or time changed."""
+    state_now = pipeline_status(pipeline, manifest)
+    if state_now != "ready":
+        why = (
+            "was assembled from other files or by another recipe"
+            if state_now == "stale"
+            else "is not pulled yet"
+        )
+        raise AvemoError(
+            f"pipeline {pipeline.name} {why}: run `{pull_command(pipeline, manifest)}`"
+        )
+    record = load_state()[pipeline.name]
+    stat = pipeline.path.stat()
+    if record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns:
+        return pipeline.path
+    digest = sha256_file(pipeline.path)
+    if digest != record.get("sha256"):
+        raise AvemoError(
+            f"sha256 {digest}, expected {record.get('sha256')}: corrupt; "
+            f"`{pull_command(pipeline, manifest)}` assembles it again",
+            pipeline.path,
+        )
+    record_pipeline(
+        pipeline, digest, record["components"],
+        **{k: v for k, v in record.items() if k in {"seconds", "avemo_version"}},
+    )  # fmt: skip
+    return pipeline.path
+
+
+def _pipeline_names() -> list[str]:
+    """The packaged (or ``$AVEMO_MANIFEST``) manifest's pipeline names, for suggestions."""
+    try:
+        return [raw.get("name") for raw in _read_manifest(manifest_path()).get("pipelines", [])
+                if isinstance(raw, dict)]  # fmt: skip
+    except AvemoError:
+        return []
 
 
 # --- cache -------------------------------------------------------------------------------------
@@ -287,12 +545,16 @@ def _unreachable(url: str, reason: object) -> _Failed:
     return _Failed(f"cannot reach {host} (offline? {reason})")
 
 
-def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+def _open(
+    url: str, offset: int, timeout: float, opener: urllib.request.OpenerDirector | None = None
+) -> http.client.HTTPResponse:
     headers = {"User-Agent": f"avemo/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
+        if opener is not None:
+            return opener.open(request, timeout=timeout)
         return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as error:
         error.close()
@@ -307,6 +569,98 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
         raise _Failed(f"no answer from {url} within {timeout:g} s") from None
     except (ConnectionError, http.client.HTTPException, OSError) as error:
         raise _unreachable(url, error) from None
+
+
+class _PageForms(html.parser.HTMLParser):
+    """The forms (id, action, named inputs) and links of a web page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict] = []
+        self.links: list[str] = []
+        self._form: dict | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = {key: value or "" for key, value in attrs}
+        if tag == "form":
+            self._form = {"id": found.get("id"), "action": found.get("action"), "inputs": []}
+            self.forms.append(self._form)
+        elif tag == "input" and self._form is not None and found.get("name"):
+            if found.get("type", "").lower() == "hidden":  # what a submit sends as it is
+                self._form["inputs"].append((found["name"], found.get("value", "")))
+        elif tag == "a" and found.get("href"):
+            self.links.append(found["href"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+
+
+def confirmation_url(page: str, url: str) -> str | None:
+    """Where a file host's "large file" confirmation page leads, or None if it offers no way on.
+
+    Google Drive answers a file it cannot virus-scan with a page whose form
+    (``id="download-form"``, GET, hidden inputs ``id``, ``export``, ``confirm``, ``uuid``) leads
+    to the file; older pages link to ``/uc?export=download&confirm=TOKEN&id=...`` instead, or
+    carry a ``"downloadUrl"`` in their JSON. The form is submitted with its hidden inputs; links
+    are resolved against ``url``.
+    """
+    parser = _PageForms()
+    try:
+        parser.feed(page)
+        parser.close()
+    except Exception:  # a broken page: no way on
+        return None
+    for form in parser.forms:
+        names = {name for name, _ in form["inputs"]}
+        if form["id"] == "download-form" or "confirm" in names:
+            action = urllib.parse.urljoin(url, form["action"] or url)
+            query = urllib.parse.urlencode(form["inputs"])
+            joiner = "&" if urllib.parse.urlsplit(action).query else "?"
+            return f"{action}{joiner}{query}" if query else action
+    for href in parser.links:
+        if "confirm=" in href and "export=download" in href:
+            return urllib.parse.urljoin(url, href)
+    found = re.search(r'"downloadUrl":"([^"]+)"', page)
+    if found:
+        try:
+            return json.loads(f'"{found[1]}"')  # \u003d-style escapes
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def _page_reason(page: str) -> str:
+    """What a file host's web page says went wrong (Drive's error caption), if anything."""
+    found = re.search(r'class="uc-error-subcaption"[^>]*>(.*?)<', page, flags=re.S)
+    if found and found[1].strip():
+        return found[1].strip()
+    return "a file host asking for a confirmation or a login"
+
+
+def _open_file(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    """``url`` opened for the file's bytes from ``offset``, following up to
+    :data:`MAX_CONFIRMATIONS` confirmation pages (cookies kept across them, as a browser does)."""
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    current = url
+    for _ in range(MAX_CONFIRMATIONS + 1):
+        response = _open(current, offset, timeout, opener)
+        if response.headers.get_content_type() != "text/html":
+            return response
+        with response:
+            try:
+                raw = response.read(MAX_PAGE_BYTES)
+            except (TimeoutError, OSError, http.client.HTTPException) as error:
+                raise _Failed(f"{url}: web page unreadable ({type(error).__name__})") from None
+        page = raw.decode(response.headers.get_content_charset() or "utf-8", "replace")
+        following = confirmation_url(page, current)
+        if following is None or urllib.parse.urlsplit(following).scheme not in {"http", "https"}:
+            raise _Failed(f"{url} answered with a web page, not the file ({_page_reason(page)})")
+        log.info("%s: following the file host's confirmation page", url)
+        current = following
+    raise _Failed(f"{url}: more than {MAX_CONFIRMATIONS} confirmation pages, not the file")
 
 
 def _content_range_start(response: http.client.HTTPResponse) -> tuple[int, int | None] | None:
@@ -327,17 +681,12 @@ def _fetch(entry: Weights, url: str, *, timeout: float, progress: bool | None) -
         part.unlink()
         offset = 0
     try:
-        response = _open(url, offset, timeout)
+        response = _open_file(url, offset, timeout)
     except _RangeRefused:
         part.unlink()
         offset = 0
-        response = _open(url, 0, timeout)
+        response = _open_file(url, 0, timeout)
     with response:
-        if response.headers.get_content_type() == "text/html":
-            raise _Failed(
-                f"{url} answered with a web page, not the file (a file host asking for a "
-                "confirmation or a login)"
-            )
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
         if offset and response.status == 206:
@@ -581,10 +930,12 @@ def verify(
 
 
 def resolve(name_or_path: str | os.PathLike, manifest: Mapping[str, Weights] | None = None) -> Path:
-    """A weights file for other commands: an existing path, a bundled file or a verified cached one.
+    """A weights file for other commands: an existing path, a bundled file, a verified cached one,
+    or the assembled checkpoint of a pulled pipeline.
 
     A cached file is re-hashed only when its size or modification time changed since it was last
-    verified. A name not pulled yet raises an error saying ``avemo weights pull NAME``.
+    verified. A name not pulled yet raises an error giving the exact ``avemo weights pull``
+    command.
     """
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -594,6 +945,9 @@ def resolve(name_or_path: str | os.PathLike, manifest: Mapping[str, Weights] | N
     if text not in manifest:
         if os.sep in text or "/" in text or Path(text).suffix:
             raise AvemoError("weights file not found", path)
+        pipelines = load_pipelines()
+        if text in pipelines and set(pipelines[text].weights) <= set(manifest):
+            return _resolve_pipeline(pipelines[text], manifest)
         get(text, manifest)  # raises, with suggestions
     entry = manifest[text]
     if entry.bundled:
@@ -644,8 +998,10 @@ def describe(entry: Weights) -> dict[str, object]:
 
 def table() -> list[dict[str, object]]:
     """One row per manifest entry for ``avemo weights list``: name, component, import format,
-    size in bytes (None: unknown), whether its sha256 is known, and its cache status."""
-    return [
+    size in bytes (None: unknown), whether its sha256 is known, and its cache status; then one
+    row per pipeline (component ``pipeline``, its status ``ready`` or what is missing)."""
+    manifest = load_manifest()
+    rows: list[dict[str, object]] = [
         {
             "name": entry.name,
             "component": entry.component,
@@ -654,27 +1010,46 @@ def table() -> list[dict[str, object]]:
             "sha256": "known" if entry.sha256 else "unknown",
             "status": status(entry),
         }
-        for entry in load_manifest().values()
+        for entry in manifest.values()
     ]
+    for pipeline in load_pipelines().values():
+        ready = pipeline_status(pipeline, manifest)
+        rows.append(
+            {
+                "name": pipeline.name,
+                "component": "pipeline",
+                "import": None,
+                "size": pipeline.path.stat().st_size if ready == "ready" else None,
+                "sha256": "recorded" if ready == "ready" else "-",
+                "status": ready,
+            }
+        )
+    return rows
 
 
-def pull_many(
-    names: list[str], *, trust: bool = False, timeout: float = DEFAULT_TIMEOUT, stream=None
-) -> dict[str, Path | None]:
-    """``avemo weights pull``: every name's file into the cache; name -> its path, or None when
-    it failed (one ``error:`` line each on ``stream``). An unknown name is an
-    :class:`AvemoError` before any download."""
-    import sys
-
-    stream = stream or sys.stderr
-    manifest = load_manifest()
-    for name in names:
-        get(name, manifest)
-    done: dict[str, Path | None] = {}
-    for name in names:
-        try:
-            done[name] = pull(name, trust=trust, manifest=manifest, timeout=timeout)
-        except AvemoError as error:
-            print(f"error: {error}", file=stream, flush=True)
-            done[name] = None
-    return done
+def info(name: str) -> dict[str, object]:
+    """Everything known about a weights entry (:func:`describe`) or a pipeline, for
+    ``avemo weights info``."""
+    pipelines = load_pipelines()
+    if name not in pipelines:
+        return describe(get(name))
+    pipeline = pipelines[name]
+    details: dict[str, object] = {
+        "name": pipeline.name,
+        "component": "pipeline",
+        "components": [
+            c.weights + "".join(f" {k}={v}" for k, v in c.options) for c in pipeline.components
+        ],
+        "seq_len": pipeline.seq_len,
+        "features": pipeline.features or "as the head reads",
+        "matches": pipeline.matches,
+        "notes": pipeline.notes,
+        "path": str(pipeline.path),
+        "status": pipeline_status(pipeline),
+        "pull": pull_command(pipeline),
+    }
+    record = load_state().get(name)
+    if record and details["status"] == "ready":
+        details["sha256"] = record.get("sha256")
+        details["assembled"] = record.get("recorded")
+    return details

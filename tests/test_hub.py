@@ -1,8 +1,8 @@
 """avemo.hub and `avemo weights`: manifest, cache, verified resumable downloads, resolution.
 
-Downloads come from a loopback HTTP server started by the tests (127.0.0.1, a free port), which
-can serve byte ranges, cut a connection midway, stall, answer 404 or a web page. Nothing here
-touches the real URLs of the manifest.
+Downloads come from a loopback HTTP server started by the tests (tests/loopback.py: 127.0.0.1, a
+free port), which can serve byte ranges, cut a connection midway, stall, answer 404, a web page or
+Google Drive's large-file confirmation page. Nothing here touches the real URLs of the manifest.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import os
 import re
 import socket
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import loopback
 import pytest
 
 from avemo import cli, hub
@@ -32,84 +31,11 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# --- loopback server ---------------------------------------------------------------------------
-
-
-class Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files``; ``server.modes[path]`` picks a misbehaviour."""
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        server = self.server
-        ranged = self.headers.get("Range")
-        server.requests.append((self.path, ranged))
-        mode = server.modes.get(self.path, "ok")
-        if self.path not in server.files or mode == "404":
-            self.send_error(404, "Not Found")
-            return
-        if mode == "stall-headers":
-            server.release.wait(10)
-            return
-        if mode == "html":
-            page = b"<html><body>Virus scan warning: confirm download</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-            return
-        data = server.files[self.path]
-        start = 0
-        if ranged and mode != "ignore-range":
-            start = int(re.fullmatch(r"bytes=(\d+)-", ranged)[1])
-            if start >= len(data):
-                self.send_error(416, "Range Not Satisfiable")
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        cut = server.cut_at.pop(self.path, None)  # cut (or stall) once, at this absolute byte
-        if cut is not None and cut > start:
-            self.wfile.write(body[: cut - start])
-            self.wfile.flush()
-            if mode == "stall-body":
-                server.release.wait(10)
-            return  # HTTP/1.0: returning closes the connection, short of Content-Length
-        self.wfile.write(body)
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.files: dict[str, bytes] = {}
-        self.modes: dict[str, str] = {}
-        self.cut_at: dict[str, int] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        self.release = threading.Event()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
 @pytest.fixture
 def server():
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+    srv, thread = loopback.start()
     yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    loopback.stop(srv, thread)
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +71,7 @@ def manifest(tmp_path: Path, *entries: dict) -> dict[str, hub.Weights]:
     return hub.load_manifest(path)
 
 
-def served(server: Server, tmp_path: Path, data: bytes = PAYLOAD, **fields):
+def served(server: loopback.Server, tmp_path: Path, data: bytes = PAYLOAD, **fields):
     """A manifest with one entry ``demo`` served at /demo.pt; fields override the entry."""
     server.files["/demo.pt"] = data
     fields.setdefault("urls", [server.url("/demo.pt")])
@@ -342,6 +268,54 @@ def test_pull_refuses_a_web_page(server, tmp_path):
     with pytest.raises(AvemoError, match="answered with a web page, not the file"):
         hub.pull("demo", manifest=weights)
     assert not weights["demo"].part_path.exists()
+
+
+def test_pull_follows_a_drive_confirmation_page_and_resumes_through_it(server, tmp_path):
+    url = server.drive("1AbC", PAYLOAD)
+    weights = manifest(tmp_path, entry(sha256=sha(PAYLOAD), urls=[url]))
+    target = f"/download?id=1AbC&export=download&confirm=t&uuid={loopback.DRIVE_UUID}"
+    server.cut_at[target] = 100_000
+    path = hub.pull("demo", manifest=weights, retries=1, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    page = "/uc?export=download&id=1AbC"
+    # the page, the form's URL (with the page's cookie), then both again to resume
+    assert server.requests == [
+        (page, None), (target, None), (page, "bytes=100000-"), (target, "bytes=100000-")
+    ]
+
+
+def test_confirmation_url_formats():
+    form = (
+        '<form id="download-form" action="https://drive.usercontent.google.com/download" '
+        'method="get"><input type="submit" value="Download anyway"/>'
+        '<input type="hidden" name="id" value="1Tq"><input type="hidden" name="export" '
+        'value="download"><input type="hidden" name="confirm" value="t">'
+        '<input type="hidden" name="uuid" value="ab-c"></form>'
+    )
+    page_url = "https://drive.google.com/uc?export=download&id=1Tq"
+    assert hub.confirmation_url(form, page_url) == (
+        "https://drive.usercontent.google.com/download?id=1Tq&export=download&confirm=t&uuid=ab-c"
+    )
+    link = '<a id="uc-download-link" href="/uc?export=download&amp;confirm=Xy_1&amp;id=1Tq">'
+    assert hub.confirmation_url(link, page_url) == (
+        "https://drive.google.com/uc?export=download&confirm=Xy_1&id=1Tq"
+    )
+    json_page = '{"downloadUrl":"https://drive.usercontent.google.com/d?id\\u003d1Tq"}'
+    assert hub.confirmation_url(json_page, page_url) == (
+        "https://drive.usercontent.google.com/d?id=1Tq"
+    )
+    assert hub.confirmation_url("<html><body>Sign in</body></html>", page_url) is None
+
+
+def test_pull_names_what_a_drive_error_page_says(server, tmp_path):
+    weights = served(server, tmp_path, sha256=sha(PAYLOAD))
+    server.modes["/demo.pt"] = "html"
+    server.pages["/demo.pt"] = (
+        b'<html><p class="uc-error-subcaption">Too many users have viewed or downloaded this '
+        b"file recently.</p></html>"
+    )
+    with pytest.raises(AvemoError, match=r"web page, not the file \(Too many users have viewed"):
+        hub.pull("demo", manifest=weights)
 
 
 def test_unknown_hash_needs_trust_then_is_recorded_and_enforced(server, tmp_path):

@@ -229,3 +229,72 @@ class LeaderFollower(nn.Module):
         weights = (q @ k.transpose(-1, -2) * self.scale).softmax(dim=-1)
         follower = self.norm(weights @ v + v).flatten(-2)
         return self.regressor(torch.cat([streams[1], follower], dim=-1))
+
+
+def _dimension_heads_arguments(audio_dim: int, visual_dim: int, seq_len: int) -> dict:
+    """``avemo train --head per_dimension``: one paper JCA per dimension."""
+    spec = {"builder": "jca", "kwargs": {"audio_dim": audio_dim, "visual_dim": visual_dim,
+                                         "seq_len": seq_len}}  # fmt: skip
+    return {"valence": spec, "arousal": spec}
+
+
+@register("per_dimension", "head", train_arguments=_dimension_heads_arguments)
+class PerDimension(nn.Module):
+    """One fusion head per dimension: valence from ``valence``'s output 0, arousal from
+    ``arousal``'s output 1, each head with its own attention.
+
+    This is how the CVPRW release is run: its code trains one JCA per dimension (two fusion
+    files, each regressing one dimension), and ``avemo weights import valence.t7 arousal.t7
+    --pipeline`` joins them here (:func:`join_dimensions`). ``valence`` and ``arousal`` are
+    ``{"builder": name, "kwargs": {...}}`` specs of heads that read pooled visual features; the
+    output of each head that is not used (its other dimension) is computed and dropped.
+    """
+
+    def __init__(self, valence: dict | None = None, arousal: dict | None = None):
+        super().__init__()
+        from avemo.models.registry import build, builder
+
+        valence = valence or {"builder": "jca", "kwargs": {}}  # default: the paper's JCA
+        arousal = arousal or {"builder": "jca", "kwargs": {}}
+
+        for name, spec in (("valence", valence), ("arousal", arousal)):
+            if not isinstance(spec, dict) or not isinstance(spec.get("builder"), str):
+                raise ValueError(f"{name} must be a dict {{'builder': name, 'kwargs': {{...}}}}")
+            entry = builder(spec["builder"])
+            if entry.component != "head" or spec["builder"] == "per_dimension":
+                raise ValueError(f"{name}: {spec['builder']!r} is not a single fusion head")
+            if entry.visual_features != "pool":
+                raise ValueError(
+                    f"{name}: {spec['builder']!r} reads {entry.visual_features} "
+                    "visual features; per_dimension joins heads of pooled ones"
+                )
+        self.valence = build(valence["builder"], **valence.get("kwargs", {}))
+        self.arousal = build(arousal["builder"], **arousal.get("kwargs", {}))
+
+    @property
+    def seq_len(self) -> int | None:
+        """The sub-heads' L (they must agree), or None when they do not say."""
+        lengths = {h.avemo_config["kwargs"].get("seq_len") for h in (self.valence, self.arousal)}
+        return lengths.pop() if len(lengths) == 1 else None
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.valence(audio, visual)[..., :1],
+                          self.arousal(audio, visual)[..., 1:2]], dim=-1)  # fmt: skip
+
+
+def join_dimensions(valence: nn.Module, arousal: nn.Module) -> PerDimension:
+    """A :class:`PerDimension` head holding the weights of two built heads (``build``/``load``):
+    ``valence``'s valence output and ``arousal``'s arousal output."""
+    from avemo.models.registry import build
+
+    specs = {}
+    for name, head in (("valence", valence), ("arousal", arousal)):
+        config = head.avemo_config
+        specs[name] = {"builder": config["builder"], "kwargs": dict(config["kwargs"])}
+    lengths = {spec["kwargs"].get("seq_len") for spec in specs.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"the two heads take different sequence lengths ({sorted(lengths)})")
+    joined = build("per_dimension", **specs)
+    joined.valence.load_state_dict(valence.state_dict(), strict=True)
+    joined.arousal.load_state_dict(arousal.state_dict(), strict=True)
+    return joined

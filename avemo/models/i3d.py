@@ -13,6 +13,11 @@ Published checkpoints go through ``avemo.convert`` (formats ``pytorch-i3d`` and 
 which checks every key: the unused ``logits.*``, the CVPRW file's old-style weight norm
 (``weight_g``/``weight_v``) and its second name of each TCN convolution (``net.0.*`` beside
 ``conv1.*``, which must hold the same tensor).
+
+:func:`i3d_tcn_r3d` is the two-backbone row of the CVPRW ablation (seed 000: "I3D-TCN + R3D"):
+one 224 x 224 clip, normalised for I3D, feeds both networks; R3D-18 gets it downsampled to
+112 x 112 and re-normalised inside the module (:class:`I3DTCNR3D`), and the features are the
+concatenation ``[I3D-TCN 512 | R3D 512]``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from avemo.models.backbones import I3D_CLIP_SIZE, I3D_MEAN, I3D_STD, visual_preprocessing
-from avemo.models.registry import register
+from avemo.models.backbones import (
+    CLIP_SIZE,
+    I3D_CLIP_SIZE,
+    I3D_MEAN,
+    I3D_STD,
+    KINETICS_MEAN,
+    KINETICS_STD,
+    visual_preprocessing,
+)
+from avemo.models.registry import build, register
 
 BN_EPS = 1e-3  # batch-norm epsilon of every I3D unit (TensorFlow's default)
 BN_MOMENTUM = 0.01
@@ -234,3 +247,61 @@ def i3d() -> I3DPool:
     module = I3DPool()
     module.avemo_preprocessing = visual_preprocessing(I3D_CLIP_SIZE, I3D_MEAN, I3D_STD)
     return module
+
+
+class I3DTCNR3D(nn.Module):
+    """I3D-TCN and R3D-18 on one clip, features concatenated: ``B x (512 + 512)``.
+
+    The clip is what I3D expects (``B x 3 x T x 224 x 224``, ``x / 255 * 2 - 1``). R3D-18 gets
+    the same frames averaged over 2 x 2 pixel blocks (an area downsampling to 112 x 112, the
+    size of the R(2+1)D/R3D face crops) and re-normalised with the Kinetics mean and std: back to
+    [0, 1] first (``x * 0.5 + 0.5``), then ``(x - mean) / std``. So one aligned 224 x 224 crop
+    serves both; a crop aligned at 112 x 112 directly would differ from the downsampled one by
+    interpolation only. Parameter names: ``i3d_tcn.*`` (as :func:`i3d_tcn`) and ``r3d.*`` (as
+    torchvision's ``r3d_18`` without ``fc``).
+    """
+
+    def __init__(self, i3d_tcn: nn.Module, r3d: nn.Module):
+        super().__init__()
+        self.i3d_tcn = i3d_tcn
+        self.r3d = r3d
+        self.factor = I3D_CLIP_SIZE // CLIP_SIZE
+        i3d_mean, i3d_std = torch.tensor(I3D_MEAN), torch.tensor(I3D_STD)
+        k_mean, k_std = torch.tensor(KINETICS_MEAN), torch.tensor(KINETICS_STD)
+        # x_r3d = (x_i3d * i3d_std + i3d_mean - k_mean) / k_std = x_i3d * scale + shift
+        shape = (1, 3, 1, 1, 1)
+        self.register_buffer("scale", (i3d_std / k_std).view(shape), persistent=False)
+        self.register_buffer("shift", ((i3d_mean - k_mean) / k_std).view(shape), persistent=False)
+
+    def r3d_input(self, clips: torch.Tensor) -> torch.Tensor:
+        """I3D clips ``B x 3 x T x 224 x 224`` -> R3D clips ``B x 3 x T x 112 x 112``."""
+        small = F.avg_pool3d(clips, (1, self.factor, self.factor))
+        return small * self.scale + self.shift
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.i3d_tcn(clips), self.r3d(self.r3d_input(clips))], dim=1)
+
+
+@register("i3d_tcn_r3d", "visual_backbone")
+def i3d_tcn_r3d(channels=TCN_CHANNELS, kernel: int = TCN_KERNEL, dropout: float = TCN_DROPOUT):
+    """I3D-TCN + R3D-18 (the CVPRW ablation's best row) on 8 x 224 x 224 clips scaled to
+    [-1, 1] -> 1024 per clip (:class:`I3DTCNR3D`)."""
+    halves = build("i3d_tcn", channels=list(channels), kernel=kernel, dropout=dropout)
+    module = I3DTCNR3D(halves, build("r3d_18", features="pool"))
+    module.avemo_preprocessing = visual_preprocessing(I3D_CLIP_SIZE, I3D_MEAN, I3D_STD)
+    return module
+
+
+def combine_i3d_tcn_r3d(i3d_tcn_module: nn.Module, r3d_module: nn.Module) -> I3DTCNR3D:
+    """An ``i3d_tcn_r3d`` backbone holding the weights of a built ``i3d_tcn`` and ``r3d_18``
+    (pooled features) module: the two published halves of the ablation row in one."""
+    config = i3d_tcn_module.avemo_config
+    r3d_config = r3d_module.avemo_config
+    if config["builder"] != "i3d_tcn" or r3d_config["builder"] != "r3d_18":
+        raise ValueError("combine an i3d_tcn and an r3d_18 backbone")
+    if r3d_config["kwargs"].get("features", "pool") != "pool":
+        raise ValueError("the R3D-18 half gives pooled features (512)")
+    combined = build("i3d_tcn_r3d", **config["kwargs"])
+    combined.i3d_tcn.load_state_dict(i3d_tcn_module.state_dict(), strict=True)
+    combined.r3d.load_state_dict(r3d_module.state_dict(), strict=True)
+    return combined

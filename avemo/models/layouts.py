@@ -250,6 +250,7 @@ class Layout:
     aliases: tuple[Rule, ...] = ()  # (regex, canonical key): duplicate names of one tensor
     notes: tuple[str, ...] = ()
     trained: bool = True  # False when a part keeps untrained tensors (``Part.untrained``)
+    dimension: str | None = None  # a one-output CVPRW head: the dimension it was imported for
 
 
 def _prefixed(prefix: str, exclude: Iterable[str] = ()) -> Rule:
@@ -468,7 +469,16 @@ def _layout_jca(fmt: str, description: str, state, options) -> Layout:
     rules = (attention, (r"regressor\.(\d+)\.(weight|bias)", rf"{dimension[0]}regressor.\1.\2"))
     why = JCA_ONE_DIMENSION_NOTE.format(dimension, other)
     part = Part("head", "jca", kwargs, rules, untrained=((rf"{other[0]}regressor\..+", why),))
-    return Layout(fmt, f"{description}, {dimension} only", (part,), notes=notes, trained=False)
+    return Layout(
+        fmt, f"{description}, {dimension} only", (part,), notes=notes, trained=False,
+        dimension=dimension,
+    )  # fmt: skip
+
+
+def one_output_jca(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is a reference JCA with one one-output ``regressor`` (the CVPRW code
+    trains one such file per dimension)."""
+    return "encoder1.weight" in state and (_shape(state, "regressor.2.weight") or (0,))[0] == 1
 
 
 def _layout_jca_cvpr(state, options) -> Layout:
@@ -838,5 +848,3 @@ def state_dicts(checkpoint: Mapping, fmt: str, **options) -> dict[str, dict[str,
     state, _, _ = unwrap(checkpoint)
     _, _, filled = fill_layout(state, fmt, **options)
     return {part.role: module.state_dict() for part, module, _ in filled}
-
-
