@@ -16,6 +16,16 @@ FFmpeg's own mono downmix is neither a mean nor a sum (stereo becomes ``(L + R) 
 layout (``format="fltp"``, only the rate changes) and the channels are averaged afterwards; the
 two steps commute because resampling is linear.
 
+Times never go back. The decoder gives frames in presentation order, but some containers (AVI
+with B-frames) store timestamps in decoding order; :func:`iter_frames` holds up to
+``REORDER_DEPTH`` frames back and gives each frame the smallest timestamp not yet used, which puts
+such timestamps back in presentation order and leaves correct ones as they are. Where the
+timestamps jump back by more than ``CLOCK_RESET`` s (files concatenated byte-wise, a recorder
+restarting its clock) the clock continues instead: the new segment is shifted to start one frame
+period after the previous frame (video) or right after the previous samples (audio, shifted the
+same way independently), so video and audio stay aligned segment by segment. A smaller step back
+that sorting cannot fix gives the frame the previous time plus one frame period.
+
 Packets that fail to decode are skipped and counted; one ``logging`` warning per decoding pass
 (video or audio) reports them, and a video that ends well before its declared duration (a cut
 file) is reported the same way.
@@ -39,6 +49,10 @@ from avemo.spectrogram import SAMPLE_RATE  # the rate audio is resampled to by d
 AUDIO_JITTER = 0.002  # s; audio timestamps this close to the running sample count are contiguous
 TRUNCATION_TOLERANCE = 0.5  # s; video ending this much before its declared end is reported as cut
 READER_MARGIN = 1.0  # s of audio AudioReader keeps before the start of the latest window
+REORDER_DEPTH = 8  # frames held back so that timestamps stored in decoding order (AVI with
+# B-frames) are put back in presentation order; a B-frame run longer than this is clamped
+CLOCK_RESET = 0.5  # s; a timestamp going back further than this (and than REORDER_DEPTH frames)
+# starts a new segment whose clock continues from the previous one (concatenated MPEG-TS)
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +90,11 @@ class VideoInfo:
 class Frame:
     """One decoded video frame.
 
-    ``index`` counts frames in decoding (presentation) order from 0, after dropping frames that
-    could not be decoded; ``time`` is its presentation timestamp in seconds on the stream clock
-    (PTS * time base, not shifted); ``image`` is ``H x W x 3`` uint8 RGB, upright, C-contiguous.
+    ``index`` counts frames in presentation order from 0, after dropping frames that could not
+    be decoded (a dropped frame takes no number); ``time`` is its presentation timestamp in seconds
+    on the stream clock (PTS * time base, not shifted), never decreasing (see the module notes on
+    reordered timestamps and clock resets); ``image`` is ``H x W x 3`` uint8 RGB, upright,
+    C-contiguous.
     """
 
     index: int
@@ -278,7 +294,9 @@ def probe(path: _Path) -> VideoInfo:
 def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame]:
     """Decode a video frame by frame (threaded), RGB and upright, in presentation order.
 
-    Frames without a timestamp get the previous frame's time plus ``1 / fps``. Undecodable packets
+    Times never decrease: decoding-order timestamps are sorted back into presentation order and
+    a clock that jumps back continues from the previous frame (see the module notes). Frames
+    without a timestamp get the previous frame's time plus ``1 / fps``. Undecodable packets
     are skipped and reported in one warning at the end, as is a video that stops well before its
     declared duration (a truncated file yields the frames that decode); a file where not one frame
     decodes raises :class:`AvemoError`. Pass ``info`` from :func:`probe` to skip probing again.
@@ -293,11 +311,8 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         try:
-            for frame in _decoded(container, stream, damage):
-                if frame.pts is not None:
-                    time = float(frame.pts * frame.time_base)
-                else:
-                    time = info.start if time is None else time + period
+            frames = _decoded(container, stream, damage)
+            for frame, time in _presentation_times(frames, info.start, period):
                 # PyAV >= 18 returns a view of the padded plane when rows are padded (e.g. 176 px
                 # wide): copy to the documented C-contiguous layout (a no-op when it already is)
                 image = frame.to_ndarray(format="rgb24")
@@ -315,12 +330,59 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
             damage.report()
 
 
+def _presentation_times(
+    frames: Iterator[av.frame.Frame], start: float, period: float
+) -> Iterator[tuple[av.frame.Frame, float]]:
+    """``(frame, time)`` in the order given, with times that never decrease.
+
+    Up to REORDER_DEPTH frames are held back; each frame given out takes the smallest held
+    timestamp, so timestamps that arrive in decoding order come out sorted. A timestamp more than
+    ``max(CLOCK_RESET, REORDER_DEPTH periods)`` before the largest of its segment starts a new
+    segment: held frames are given out first, then the new segment's clock is shifted to start one
+    period after the last time given out. Frames without a timestamp get the previous raw
+    timestamp plus ``period`` (``start`` for the first).
+    """
+    import heapq
+
+    held: list[av.frame.Frame] = []  # in the decoder's (presentation) order
+    stamps: list[float] = []  # min-heap of the held frames' raw timestamps
+    reset = max(CLOCK_RESET, REORDER_DEPTH * period)
+    offset, top, raw, last = 0.0, -math.inf, None, None
+
+    def give() -> tuple[av.frame.Frame, float]:
+        nonlocal last
+        time = heapq.heappop(stamps) + offset
+        if last is not None and time <= last:  # a step back sorting could not fix
+            time = last + period
+        last = time
+        return held.pop(0), time
+
+    for frame in frames:
+        if frame.pts is not None:
+            raw = float(frame.pts * frame.time_base)
+        else:
+            raw = start if raw is None else raw + period
+        if raw < top - reset:  # the clock went back: a new segment
+            while held:
+                yield give()
+            offset = (last + period) - raw
+            top = -math.inf
+        top = max(top, raw)
+        held.append(frame)
+        heapq.heappush(stamps, raw)
+        if len(held) > REORDER_DEPTH:
+            yield give()
+    while held:
+        yield give()
+
+
 class _MonoChunks:
     """The first audio stream as ``(position, samples)`` chunks: mono float32 at ``rate``.
 
     ``position`` is the absolute sample index on the clock (``round(time * rate)``). Chunks come
     in clock order and never overlap (overlapping data is trimmed); where the timestamps jump
-    forward by more than AUDIO_JITTER a gap is left, and ``gaps`` counts its seconds. Runs of
+    forward by more than AUDIO_JITTER a gap is left, and ``gaps`` counts its seconds; where they
+    jump back by more than CLOCK_RESET the rest is shifted to follow on (a new segment). Runs of
     contiguous frames go through one resampler, so their samples follow each other exactly.
     """
 
@@ -348,9 +410,15 @@ class _MonoChunks:
 
     def _segments(self) -> Iterator[tuple[int, np.ndarray]]:
         resampler, key, origin, produced, expected = None, None, 0, 0, None
+        offset = 0.0  # added to the timestamps of the current segment (see CLOCK_RESET)
         for frame in _decoded(self.container, self.stream, self.damage):
-            time = expected if frame.pts is None else float(frame.pts * frame.time_base)
-            time = 0.0 if time is None else time
+            if frame.pts is None:
+                time = 0.0 if expected is None else expected
+            else:
+                time = float(frame.pts * frame.time_base) + offset
+                if expected is not None and time < expected - CLOCK_RESET:
+                    offset += expected - time  # the clock went back: continue it
+                    time = expected
             frame_key = (frame.format.name, frame.layout.name, frame.sample_rate)
             if frame_key != key or expected is None or abs(time - expected) > AUDIO_JITTER:
                 if resampler is not None:

@@ -1,0 +1,189 @@
+"""Time runs forward: decoding-order timestamps (AVI with B-frames) come out in presentation
+order, and a clock that jumps back (MPEG-TS files concatenated) continues, for the frames and for
+the audio read on their clock."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from types import SimpleNamespace
+
+import av
+import media
+import numpy as np
+import pytest
+
+from avemo.decode import (
+    CLOCK_RESET,
+    REORDER_DEPTH,
+    AudioReader,
+    _presentation_times,
+    iter_frames,
+    load_audio,
+    probe,
+)
+
+PERIOD = 1 / media.FPS
+
+
+def raw_times(path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [float(f.pts * f.time_base) for f in container.decode(video=0)]
+
+
+# --- AVI with B-frames ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "codec, options",
+    [
+        ("libx264", {"bf": "3"}),  # b-pyramid: the stored times go 1, 3, 2, 6, 5, 7, 4 ...
+        ("libx264", {"bf": "2", "b_strategy": "0"}),  # every run of two B-frames
+        ("libx264", {"bf": "8", "b_strategy": "0"}),  # runs as long as REORDER_DEPTH
+        ("mpeg4", {"bf": "2"}),  # MPEG-4 part 2 in AVI: already in order, must stay so
+    ],
+)
+def test_avi_b_frames_get_their_presentation_times(tmp_path, codec, options):
+    path = media.bframes_avi(tmp_path / "b.avi", codec, options)
+    if codec == "libx264":  # the file really is hostile: FFmpeg's own timestamps go back
+        assert (np.diff(raw_times(path)) < 0).any()
+    frames = list(iter_frames(path))
+    assert len(frames) == 2 * media.FPS
+    times = np.array([f.time for f in frames])
+    # the images come in presentation order and the k-th is at start + k periods
+    width = media.SIZE[1]
+    positions = np.array([media.bar_position(f.image) for f in frames])
+    assert np.abs(positions - 3 * np.arange(60) % width).max() <= 2  # lossy coding blurs by 1 px
+    assert np.all(np.diff(times) > 0)
+    expected = times[0] + np.arange(len(frames)) * PERIOD
+    assert np.abs(times - expected).max() < 1e-6
+    assert 0 <= times[0] <= PERIOD + 1e-9  # AVI shifts its clock by the decoder's delay at most
+    assert probe(path).start == near(times[0])
+
+
+# --- the clock rule on synthetic timestamp sequences -------------------------------------------
+
+
+def fake_frames(stamps, time_base=Fraction(1, 90000)):
+    """Stand-ins for decoded frames: ``pts`` on a 90 kHz clock (None: none) and an identity."""
+    return [
+        SimpleNamespace(pts=None if s is None else round(s * 90000), time_base=time_base, n=i)
+        for i, s in enumerate(stamps)
+    ]
+
+
+def near(expected):
+    return pytest.approx(np.asarray(expected, dtype=float), abs=1e-4)
+
+
+def clock(stamps, start=0.0, period=PERIOD):
+    out = list(_presentation_times(iter(fake_frames(stamps)), start, period))
+    assert [f.n for f, _ in out] == list(range(len(stamps)))  # frames keep their order
+    return np.array([t for _, t in out])
+
+
+def grid(n, start=0.0, period=PERIOD):
+    return start + np.arange(n) * period
+
+
+def test_correct_timestamps_are_kept():
+    stamps = grid(50, 0.5)
+    assert clock(stamps) == near(stamps)
+
+
+def test_decoding_order_runs_are_sorted():
+    true = grid(40)
+    order = [0, 3, 1, 2, 6, 4, 5, 9, 7, 8]  # P before its B-frames, in blocks of 3
+    stored = np.concatenate([true[i : i + 10][np.argsort(order)] for i in range(0, 40, 10)])
+    assert (np.diff(stored) < 0).any()
+    assert clock(stored) == near(true)
+
+
+def test_runs_longer_than_the_reorder_depth_are_still_monotonic():
+    true = grid(60)
+    stored = true.copy()
+    stored[1 : REORDER_DEPTH + 4] = stored[1 : REORDER_DEPTH + 4][::-1]  # one very long run
+    times = clock(stored)
+    assert np.all(np.diff(times) > 0)
+    assert np.abs(times - true).max() <= 4 * PERIOD + 1e-9  # clamped, not lost
+    assert times[-20:] == near(true[-20:] + (times[-1] - true[-1]))
+
+
+def test_duplicate_and_missing_timestamps_advance_by_one_period():
+    times = clock([0.0, 0.0, 0.0, None, None, 0.2])
+    assert times == near([0, PERIOD, 2 * PERIOD, 3 * PERIOD, 4 * PERIOD, 0.2])
+    assert clock([None, None, None], start=1.0) == near(grid(3, 1.0))
+
+
+@pytest.mark.parametrize("back_to", [0.0, 1.0, -5.0, 1000.0 - 2 * CLOCK_RESET])
+def test_a_clock_reset_continues_one_period_later(back_to):
+    first = grid(45, 1000.0)  # 1.5 s
+    second = grid(30, back_to)
+    times = clock(np.concatenate([first, second]))
+    assert times[:45] == near(first)
+    assert times[45:] == near(first[-1] + PERIOD + (second - back_to))
+
+
+def test_repeated_resets_and_a_reset_inside_reordered_frames():
+    segment = grid(40)
+    order = [0, 2, 1, 3, 5, 4, 6, 8, 7, 9]
+    shuffled = np.concatenate([segment[i : i + 10][np.argsort(order)] for i in range(0, 40, 10)])
+    times = clock(np.concatenate([shuffled, shuffled, segment]))
+    assert np.all(np.diff(times) > 0)
+    assert times == near(grid(120))
+
+
+def test_a_forward_jump_stays_a_gap():
+    stamps = np.concatenate([grid(10), grid(10, 100.0)])
+    assert clock(stamps) == near(stamps)
+
+
+# --- concatenated MPEG-TS: video, audio, annotate ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ts_segment(tmp_path_factory):
+    """2 s of moving frames with a speech-like track, MPEG-TS."""
+    folder = tmp_path_factory.mktemp("ts")
+    audio = [(0.0, media.speech_like(2.0)[None])]
+    return media.write_av(folder / "one.ts", media.moving_frames(2 * media.FPS), audio=audio)
+
+
+@pytest.mark.parametrize("copies", [2, 3])
+def test_concatenated_ts_times_run_forward(ts_segment, tmp_path, copies):
+    path = media.concatenated(ts_segment, tmp_path / "cat.ts", copies)
+    assert (np.diff(raw_times(path)) < -1.0).sum() == copies - 1  # the hostile part
+    times = np.array([f.time for f in iter_frames(path)])
+    assert np.all(np.diff(times) > 0)
+    steps = np.diff(times)
+    # one period everywhere; at a seam a frame damaged by the cut may be missing (two periods)
+    assert np.all(np.isclose(steps, PERIOD, atol=1e-3) | np.isclose(steps, 2 * PERIOD, atol=1e-3))
+    assert times[-1] - times[0] == pytest.approx(copies * 2.0 - PERIOD, abs=0.05)
+
+
+def lag(reference: np.ndarray, signal: np.ndarray, rate: int) -> float:
+    """Seconds by which ``reference`` is found later in ``signal`` than ``signal``'s start."""
+    from scipy.signal import correlate
+
+    scores = correlate(signal, reference, mode="valid", method="fft")
+    return int(np.argmax(scores)) / rate
+
+
+@pytest.mark.parametrize("copies", [2, 3])
+def test_concatenated_ts_audio_follows_the_same_clock(ts_segment, tmp_path, copies):
+    path = media.concatenated(ts_segment, tmp_path / "cat.ts", copies)
+    whole = load_audio(path)
+    rate = whole.sample_rate
+    assert whole.duration == pytest.approx(copies * 2.0, abs=0.1)
+    assert whole.gaps < 0.05
+    start = probe(path).start
+    reference = whole.window(start + 0.2, start + 1.2)
+    with AudioReader(path) as reader:  # windows in clip order, as pipelines read them
+        for k in range(copies):
+            t0 = start + 2.0 * k  # where the video's clock puts copy k (one period per frame)
+            streamed = reader.window(t0, t0 + 1.5)
+            assert streamed == pytest.approx(whole.window(t0, t0 + 1.5), abs=1e-6)
+            # copy k's sound is where its frames are: audio and video each continue their own
+            # clock, so each seam may shift them by the streams' length difference (here one
+            # AAC frame, 21 ms): within one video frame per seam
+            shift = lag(reference, streamed, rate) - 0.2
+            assert abs(shift) <= PERIOD * k + 0.005
