@@ -28,7 +28,8 @@ that sorting cannot fix gives the frame the previous time plus one frame period.
 
 Packets that fail to decode are skipped and counted; one ``logging`` warning per decoding pass
 (video or audio) reports them, and a video that ends well before its declared duration (a cut
-file) is reported the same way.
+file) is reported the same way. A report is given once per process and file: the later passes
+of a command over the same file (crops, values, audio per face) do not repeat it.
 """
 
 from __future__ import annotations
@@ -139,8 +140,22 @@ def _window(buffer: np.ndarray, base: int, t0: float, t1: float, rate: int) -> n
     return out
 
 
+_REPORTED: dict[tuple, None] = {}  # damage already reported (insertion-ordered, bounded)
+REPORTED_KEPT = 1024  # reports remembered, so that a long batch does not grow memory
+
+
+def forget_reports() -> None:
+    """Forget which damage was reported, so that it is reported again (for tests)."""
+    _REPORTED.clear()
+
+
 class _Damage:
-    """What could not be read in one decoding pass over a file, reported in one warning."""
+    """What could not be read in one decoding pass over a file, reported in one warning.
+
+    Commands decode a file several times (face detection, then crops or values; audio once per
+    face track), and each pass finds the same damage: the same report about the same file (same
+    size and modification time) is logged once per process.
+    """
 
     def __init__(self, path: Path, what: str):
         self.path, self.what = path, what
@@ -157,7 +172,17 @@ class _Damage:
         if self.short:
             parts.append(f"ends at {self.short[0]:.2f} s of {self.short[1]:.2f} s (file cut?)")
         if parts:
-            log.warning("%s: %s: %s", self.path, self.what, "; ".join(parts))
+            message = "; ".join(parts)
+            try:
+                stat = os.stat(self.path)
+                key = (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, self.what, message)
+            except OSError:
+                key = (str(self.path), self.what, message)
+            if key not in _REPORTED:
+                _REPORTED[key] = None
+                while len(_REPORTED) > REPORTED_KEPT:
+                    del _REPORTED[next(iter(_REPORTED))]
+                log.warning("%s: %s: %s", self.path, self.what, message)
         self.skipped, self.read_error, self.short = 0, None, None
 
 

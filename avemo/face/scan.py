@@ -19,7 +19,6 @@ import contextlib
 import os
 import queue
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -321,9 +320,10 @@ def save_crops(
     layout); frames without the face get no file. The folder appears complete or not at all
     (written under a temporary name, then renamed; an existing folder is replaced). Returns the
     number of crops written."""
+    from avemo.files import make_part_dir
+
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
+    tmp = make_part_dir(folder)  # mode 0777 less the umask; stale parts of killed runs removed
     try:
         count = 0
         for index, crop in iter_face_crops(path, track, size):
@@ -336,9 +336,7 @@ def save_crops(
                 raise AvemoError("cannot write a face crop", target)
             count += 1
         if folder.exists():
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent)
-            )
+            old = make_part_dir(folder)  # holds the replaced folder until the new one is in place
             os.replace(folder, old / folder.name)
             os.replace(tmp, folder)
             shutil.rmtree(old, ignore_errors=True)
