@@ -54,6 +54,8 @@ REORDER_DEPTH = 8  # frames held back so that timestamps stored in decoding orde
 # B-frames) are put back in presentation order; a B-frame run longer than this is clamped
 CLOCK_RESET = 0.5  # s; a timestamp going back further than this (and than REORDER_DEPTH frames)
 # starts a new segment whose clock continues from the previous one (concatenated MPEG-TS)
+GRID_TOLERANCE = 0.25  # frames; a time this close to the frame-rate grid is on it (Frame.index)
+FILL_LIMIT = 10.0  # s; a longer hole in the grid is a clock jump, not lost frames (Frame.index)
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +93,16 @@ class VideoInfo:
 class Frame:
     """One decoded video frame.
 
-    ``index`` counts frames in presentation order from 0, after dropping frames that could not
-    be decoded (a dropped frame takes no number); ``time`` is its presentation timestamp in seconds
-    on the stream clock (PTS * time base, not shifted), never decreasing (see the module notes on
-    reordered timestamps and clock resets); ``image`` is ``H x W x 3`` uint8 RGB, upright,
-    C-contiguous.
+    ``index`` is the frame's number, from 0 at the first decoded frame, increasing: its position
+    on the frame-rate grid, ``round((time - first time) * fps)``, so that a frame lost to damage
+    leaves its number free instead of shifting every later number (labels numbered by position
+    in the intact video stay aligned). This holds while every frame lies on the grid (within
+    GRID_TOLERANCE of a frame); from the first frame that does not (a variable frame rate, or a
+    declared rate that drifts from the real one) frames are counted instead. A hole longer than
+    FILL_LIMIT seconds is taken for a jump of the clock and numbered as no hole. ``time`` is its
+    presentation timestamp in seconds on the stream clock (PTS * time base, not shifted), never
+    decreasing (see the module notes on reordered timestamps and clock resets); ``image`` is
+    ``H x W x 3`` uint8 RGB, upright, C-contiguous.
     """
 
     index: int
@@ -160,6 +167,7 @@ class _Damage:
     def __init__(self, path: Path, what: str):
         self.path, self.what = path, what
         self.skipped = 0  # corrupt or undecodable packets and frames
+        self.missing = 0  # frame numbers left free (lost frames: Frame.index)
         self.read_error: str | None = None
         self.short: tuple[float, float] | None = None  # (decoded end, declared end) in s
 
@@ -167,6 +175,8 @@ class _Damage:
         parts = []
         if self.skipped:
             parts.append(f"skipped {self.skipped} corrupt packet(s)")
+        if self.missing:
+            parts.append(f"{self.missing} frame(s) missing (their numbers are left free)")
         if self.read_error:
             parts.append(f"reading stopped early ({self.read_error})")
         if self.short:
@@ -183,7 +193,7 @@ class _Damage:
                 while len(_REPORTED) > REPORTED_KEPT:
                     del _REPORTED[next(iter(_REPORTED))]
                 log.warning("%s: %s: %s", self.path, self.what, message)
-        self.skipped, self.read_error, self.short = 0, None, None
+        self.skipped, self.missing, self.read_error, self.short = 0, 0, None, None
 
 
 def _open(path: _Path) -> av.container.InputContainer:
@@ -331,20 +341,21 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
     turns = info.rotation // 90 % 4
     period = 1.0 / info.fps
     damage = _Damage(path, "video")
-    index, time = 0, None
+    numbers, time = _FrameNumbers(info.fps), None
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         try:
             frames = _decoded(container, stream, damage)
             for frame, time in _presentation_times(frames, info.start, period):
+                index = numbers(time)
                 # PyAV >= 18 returns a view of the padded plane when rows are padded (e.g. 176 px
                 # wide): copy to the documented C-contiguous layout (a no-op when it already is)
                 image = frame.to_ndarray(format="rgb24")
                 image = np.ascontiguousarray(np.rot90(image, turns) if turns else image)
                 yield Frame(index=index, time=time, image=image)
-                index += 1
-            if index == 0:
+            damage.missing = numbers.missing
+            if numbers.last < 0:
                 raise AvemoError("no video frame could be decoded", path)
             end = _declared_duration(container, stream, own=True)
             if end is not None:
@@ -353,6 +364,34 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
                     damage.short = (time + period, end)
         finally:
             damage.report()
+
+
+class _FrameNumbers:
+    """Frame numbers from presentation times (the rule of :class:`Frame`): positions on the
+    frame-rate grid ``round((time - first) * fps)`` while every frame lies on it, counting
+    otherwise; ``missing`` counts the grid positions left free."""
+
+    def __init__(self, fps: float):
+        self.fps, self.anchor, self.last = fps, None, -1
+        self.on_grid, self.missing = True, 0
+
+    def __call__(self, time: float) -> int:
+        if self.anchor is None:
+            self.anchor, self.last = time, 0
+            return 0
+        if self.on_grid:
+            position = (time - self.anchor) * self.fps
+            index = round(position)
+            if abs(position - index) <= GRID_TOLERANCE and index > self.last:
+                if index - self.last - 1 > FILL_LIMIT * self.fps:  # a clock jump, not lost frames
+                    index = self.last + 1
+                    self.anchor = time - index / self.fps
+                self.missing += index - self.last - 1
+                self.last = index
+                return index
+            self.on_grid = False  # a variable frame rate (or a clock that drifts): count
+        self.last += 1
+        return self.last
 
 
 def _presentation_times(

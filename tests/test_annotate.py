@@ -352,10 +352,12 @@ def test_pipelines_run_on_clocks_that_go_back(tmp_path, carphone, trained_pipeli
     else:
         path = media.write_av(tmp_path / "b.avi", frames, audio=audio, encoder={"bf": "3"})
     table = annotate(path, model=trained_pipeline, stride=4)
-    check_table(table, decoded_frames(path))
+    # every frame of the copies has its row: the frame a seam damages keeps its number (and a
+    # row with the frame's time), so no later frame moves
+    check_table(table, 180 if container == "ts" else 60)
+    assert decoded_frames(path) >= len(table) - 2
     times = table["timestamp"].to_numpy()
-    assert np.all(np.diff(times) > 0)
-    assert times[-1] - times[0] == pytest.approx(len(times) / 30, abs=0.1)  # no time lost
+    assert np.allclose(np.diff(times), 1 / 30, atol=2e-6)
     assert table["valence"].notna().mean() > 0.9  # the face is found and valued throughout
     record = table.attrs["avemo"]["input"]
     assert record["audio_stream"] and record["audio_gaps"] < 0.05

@@ -187,3 +187,111 @@ def test_concatenated_ts_audio_follows_the_same_clock(ts_segment, tmp_path, copi
             # AAC frame, 21 ms): within one video frame per seam
             shift = lag(reference, streamed, rate) - 0.2
             assert abs(shift) <= PERIOD * k + 0.005
+
+
+# --- frame numbers: a lost frame leaves its number free -------------------------------------------
+
+
+def numbered(times, fps=media.FPS):
+    from avemo.decode import _FrameNumbers
+
+    numbers = _FrameNumbers(fps)
+    return [numbers(t) for t in times], numbers.missing
+
+
+def test_numbers_follow_the_grid_and_leave_holes_free():
+    kept = [k for k in range(60) if k not in (10, 11, 40)]
+    assert numbered(5.0 + np.array(kept) / 30) == (kept, 3)
+
+
+def test_numbers_tolerate_millisecond_timestamps_of_fractional_rates():
+    times = np.round(np.arange(300) * 1001 / 30000, 3)  # 29.97 fps on a ms clock (Matroska)
+    assert numbered(times, 30000 / 1001) == (list(range(300)), 0)
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        media.VFR_TIMES,  # variable frame rate: counted from the first frame off the grid
+        np.arange(400) / 29.97,  # declared 30 fps, really 29.97: drifts off the grid, counted
+        np.r_[np.arange(10) / 30, 100.0 + np.arange(10) / 30],  # a clock jump, not lost frames
+        np.r_[np.arange(10) / 30, np.arange(10) / 30 + 9 / 30],  # a repeated time: counted
+    ],
+)
+def test_numbers_count_when_times_leave_the_grid(times):
+    numbers, missing = numbered(times)
+    assert numbers == list(range(len(times))) and missing == 0
+
+
+def test_numbers_on_the_grid_then_off_it_never_repeat_or_go_back():
+    times = np.r_[np.arange(20) / 30, 21 / 30 + 0.011 * np.arange(1, 30)]  # a hole, then VFR
+    numbers, missing = numbered(times)
+    assert numbers[:20] == list(range(20)) and missing == 0
+    assert np.all(np.diff(numbers) == 1)
+
+
+def damaged_intra(path, frames, spots=(0.3, 0.5, 0.7)):
+    """Intra-only MPEG-4 in MPEG-TS with ``spots`` of its bytes overwritten: the frames hit are
+    lost, and every other frame decodes exactly (no frame depends on another)."""
+    clip = media.write_av(
+        path.with_name("intact.ts"), frames, video_codec="mpeg4", encoder={"g": "1"}
+    )
+    data = bytearray(clip.read_bytes())
+    rng = np.random.default_rng(1)
+    for where in spots:
+        offset = int(len(data) * where)
+        data[offset : offset + 300] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def circular(a, b, period):
+    d = np.abs(np.asarray(a) - np.asarray(b)) % period
+    return np.minimum(d, period - d)
+
+
+@pytest.mark.parametrize("spots", [(0.3,), (0.3, 0.5, 0.7), (0.1, 0.12, 0.14, 0.9)])
+def test_lost_frames_keep_every_later_frame_at_its_number(tmp_path, spots):
+    path = damaged_intra(tmp_path / "damaged.ts", list(media.moving_frames(90)), spots)
+    frames = list(iter_frames(path))
+    indices = np.array([f.index for f in frames])
+    assert len(frames) < 90 and np.all(np.diff(indices) >= 1)
+    assert (np.diff(indices) > 1).any()  # holes were left
+    positions = [media.bar_position(f.image) for f in frames]
+    width = media.SIZE[1]
+    assert circular(positions, 3 * indices % width, width).max() <= 2  # image k is frame k
+    times = np.array([f.time for f in frames])
+    assert np.allclose(times - times[0], indices / media.FPS, atol=1e-6)
+
+
+def test_faces_and_annotate_keep_rows_for_lost_frames(tmp_path, carphone):
+    """Faces found in the damaged file are those of the intact file at the same numbers."""
+    from avemo.annotate import annotate
+    from avemo.face.detect import build_detector
+    from avemo.face.scan import detect_tracks, save_crops, scan_faces
+
+    path = damaged_intra(tmp_path / "talk.ts", media.carphone_frames(carphone, 90))
+    intact = scan_faces(tmp_path / "intact.ts", build_detector())
+    decoded = np.array([f.index for f in iter_frames(path)])
+    lost = sorted(set(range(decoded[-1] + 1)) - set(decoded))
+    assert lost
+    table = scan_faces(path, build_detector())
+    assert table["frame"].tolist() == list(range(decoded[-1] + 1))
+    steps = np.diff(table["timestamp"])
+    assert np.abs(steps - 1 / media.FPS).max() < 2e-6
+    assert (table.loc[lost, "success"] == 0).all() and table.loc[lost, "face_x"].isna().all()
+    same = table.loc[decoded, "success"].to_numpy() == intact.loc[decoded, "success"].to_numpy()
+    assert same.mean() > 0.9
+    both = decoded[(table.loc[decoded, "success"] == 1) & (intact.loc[decoded, "success"] == 1)]
+    boxes = ["face_x", "face_y", "face_width", "face_height"]
+    assert len(both) > 30
+    assert np.abs(table.loc[both, boxes].to_numpy() - intact.loc[both, boxes].to_numpy()).max() < 1
+    (track,) = detect_tracks(path, build_detector()).tracks()
+    written = save_crops(path, track, tmp_path / "crops")
+    names = {p.name for p in (tmp_path / "crops").iterdir()}
+    assert written == len(names) > 30 and not {f"{k + 1:05d}.jpg" for k in lost} & names
+    assert names == {f"{k + 1:05d}.jpg" for k in np.flatnonzero(track.present)}
+    values = annotate(path, stride=1, detect_every=1)  # the default expression model
+    assert values["frame"].tolist() == list(range(decoded[-1] + 1))
+    assert values.loc[lost, "valence_raw"].isna().all()
+    assert (values["valence_raw"].notna() == (values["success"] == 1)).all()
