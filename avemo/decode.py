@@ -97,8 +97,9 @@ class Frame:
     on the frame-rate grid, ``round((time - first time) * fps)``, so that a frame lost to damage
     leaves its number free instead of shifting every later number (labels numbered by position
     in the intact video stay aligned). This holds while every frame lies on the grid (within
-    GRID_TOLERANCE of a frame); from the first frame that does not (a variable frame rate, or a
-    declared rate that drifts from the real one) frames are counted instead. A hole longer than
+    GRID_TOLERANCE of a frame) and the second frame is one step after the first; from the first
+    frame that does not (a variable frame rate, a declared rate that drifts from the real one or
+    is a multiple of it) frames are counted instead. A hole longer than
     FILL_LIMIT seconds is taken for a jump of the clock and numbered as no hole. ``time`` is its
     presentation timestamp in seconds on the stream clock (PTS * time base, not shifted), never
     decreasing (see the module notes on reordered timestamps and clock resets); ``image`` is
@@ -382,7 +383,9 @@ class _FrameNumbers:
         if self.on_grid:
             position = (time - self.anchor) * self.fps
             index = round(position)
-            if abs(position - index) <= GRID_TOLERANCE and index > self.last:
+            # the second frame a whole step away or more: the declared rate is not the frame rate
+            fits = index == 1 if self.last == 0 else index > self.last
+            if abs(position - index) <= GRID_TOLERANCE and fits:
                 if index - self.last - 1 > FILL_LIMIT * self.fps:  # a clock jump, not lost frames
                     index = self.last + 1
                     self.anchor = time - index / self.fps

@@ -216,6 +216,8 @@ def test_numbers_tolerate_millisecond_timestamps_of_fractional_rates():
         np.arange(400) / 29.97,  # declared 30 fps, really 29.97: drifts off the grid, counted
         np.r_[np.arange(10) / 30, 100.0 + np.arange(10) / 30],  # a clock jump, not lost frames
         np.r_[np.arange(10) / 30, np.arange(10) / 30 + 9 / 30],  # a repeated time: counted
+        np.arange(50) / 15,  # declared 30 fps, really 15: not a lost frame every other frame
+        np.arange(50) / 10,  # declared 30 fps, really 10
     ],
 )
 def test_numbers_count_when_times_leave_the_grid(times):
