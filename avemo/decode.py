@@ -22,9 +22,10 @@ with B-frames) store timestamps in decoding order; :func:`iter_frames` holds up 
 such timestamps back in presentation order and leaves correct ones as they are. Where the
 timestamps jump back by more than ``CLOCK_RESET`` s (files concatenated byte-wise, a recorder
 restarting its clock) the clock continues instead: the new segment is shifted to start one frame
-period after the previous frame (video) or right after the previous samples (audio, shifted the
-same way independently), so video and audio stay aligned segment by segment. A smaller step back
-that sorting cannot fix gives the frame the previous time plus one frame period.
+period after the previous segment's last video timestamp, and its audio by the same offset (both
+passes read it from the video packets: :class:`_SegmentClock`), so video and audio stay as
+aligned as the file has them, however many segments there are. A smaller step back that sorting
+cannot fix gives the frame the previous time plus one frame period.
 
 Packets that fail to decode are skipped and counted; one ``logging`` warning per decoding pass
 (video or audio) reports them, and a video that ends well before its declared duration (a cut
@@ -54,6 +55,7 @@ REORDER_DEPTH = 8  # frames held back so that timestamps stored in decoding orde
 # B-frames) are put back in presentation order; a B-frame run longer than this is clamped
 CLOCK_RESET = 0.5  # s; a timestamp going back further than this (and than REORDER_DEPTH frames)
 # starts a new segment whose clock continues from the previous one (concatenated MPEG-TS)
+READ_AHEAD = 5.0  # s of audio held, at most, while waiting for the video's offset of a segment
 GRID_TOLERANCE = 0.25  # frames; a time this close to the frame-rate grid is on it (Frame.index)
 FILL_LIMIT = 10.0  # s; a longer hole in the grid is a clock jump, not lost frames (Frame.index)
 
@@ -221,9 +223,17 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     raise AvemoError("no video stream", path)
 
 
-def _decoded(container, stream, damage: _Damage) -> Iterator[av.frame.Frame]:
-    """Frames of one stream, skipping (and counting) packets and frames that fail to decode."""
-    packets = container.demux(stream)
+def _decoded(
+    container, stream, damage: _Damage, clock: _SegmentClock | None = None
+) -> Iterator[av.frame.Frame]:
+    """Frames of one stream, skipping (and counting) packets and frames that fail to decode.
+
+    With ``clock``, the packets of the clock's video stream (demuxed too, not decoded) are shown
+    to it, so that it knows where that stream's timestamps jump back.
+    """
+    watched = clock.stream if clock is not None else None
+    others = [watched] if watched is not None and watched is not stream else []
+    packets = container.demux(stream, *others)
     while True:
         try:
             packet = next(packets)
@@ -232,6 +242,10 @@ def _decoded(container, stream, damage: _Damage) -> Iterator[av.frame.Frame]:
         except (av.FFmpegError, OSError) as error:
             damage.read_error = getattr(error, "strerror", None) or str(error)
             packet = None  # flush what the decoder holds
+        if packet is not None and watched is not None and packet.stream is watched:
+            clock.packet(packet)
+            if packet.stream is not stream:
+                continue
         if packet is not None and packet.is_corrupt:
             damage.skipped += 1
             continue
@@ -247,6 +261,40 @@ def _decoded(container, stream, damage: _Damage) -> Iterator[av.frame.Frame]:
                 yield frame
         if packet is None:
             return
+
+
+class _SegmentClock:
+    """Where the video stream's timestamps jump back, and the offset that continues the clock
+    after each jump: the video pass and the audio pass both read it from the video packets, so
+    that both streams of a segment are shifted by the same offset (what lies together in the file
+    stays together). Segment ``k``'s offset puts its first video packet one ``period`` after the
+    largest video timestamp of segment ``k - 1``."""
+
+    def __init__(self, stream, period: float):
+        self.stream, self.period = stream, period
+        self.reset = max(CLOCK_RESET, REORDER_DEPTH * period)
+        self.offsets = [0.0]  # per segment, seconds added to its timestamps
+        self.top = -math.inf  # largest video timestamp of the current segment
+
+    def packet(self, packet) -> None:
+        if packet.pts is None or packet.time_base is None:
+            return
+        time = float(packet.pts * packet.time_base)
+        if time < self.top - self.reset:
+            self.offsets.append(self.offsets[-1] + self.top + self.period - time)
+            self.top = -math.inf
+        self.top = max(self.top, time)
+
+
+def _video_clock(container, period: float | None = None) -> _SegmentClock | None:
+    """The segment clock of a container's video stream (None without one)."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            if period is None:
+                rate = stream.average_rate or stream.guessed_rate
+                period = 1.0 / float(rate) if rate else 1.0 / 30
+            return _SegmentClock(stream, period)
+    return None
 
 
 def _seconds(value, time_base) -> float | None:
@@ -347,8 +395,9 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         try:
-            frames = _decoded(container, stream, damage)
-            for frame, time in _presentation_times(frames, info.start, period):
+            clock = _SegmentClock(stream, period)
+            frames = _decoded(container, stream, damage, clock)
+            for frame, time in _presentation_times(frames, info.start, period, clock):
                 index = numbers(time)
                 # PyAV >= 18 returns a view of the padded plane when rows are padded (e.g. 176 px
                 # wide): copy to the documented C-contiguous layout (a no-op when it already is)
@@ -398,23 +447,27 @@ class _FrameNumbers:
 
 
 def _presentation_times(
-    frames: Iterator[av.frame.Frame], start: float, period: float
+    frames: Iterator[av.frame.Frame],
+    start: float,
+    period: float,
+    clock: _SegmentClock | None = None,
 ) -> Iterator[tuple[av.frame.Frame, float]]:
     """``(frame, time)`` in the order given, with times that never decrease.
 
     Up to REORDER_DEPTH frames are held back; each frame given out takes the smallest held
     timestamp, so timestamps that arrive in decoding order come out sorted. A timestamp more than
     ``max(CLOCK_RESET, REORDER_DEPTH periods)`` before the largest of its segment starts a new
-    segment: held frames are given out first, then the new segment's clock is shifted to start one
-    period after the last time given out. Frames without a timestamp get the previous raw
-    timestamp plus ``period`` (``start`` for the first).
+    segment: held frames are given out first, then the new segment's clock is shifted by the
+    ``clock``'s offset for it (from the packets: the audio pass shifts its audio the same way), or
+    without one so as to start one period after the last time given out. Frames without a
+    timestamp get the previous raw timestamp plus ``period`` (``start`` for the first).
     """
     import heapq
 
     held: list[av.frame.Frame] = []  # in the decoder's (presentation) order
     stamps: list[float] = []  # min-heap of the held frames' raw timestamps
     reset = max(CLOCK_RESET, REORDER_DEPTH * period)
-    offset, top, raw, last = 0.0, -math.inf, None, None
+    offset, top, raw, last, segment = 0.0, -math.inf, None, None, 0
 
     def give() -> tuple[av.frame.Frame, float]:
         nonlocal last
@@ -432,7 +485,11 @@ def _presentation_times(
         if raw < top - reset:  # the clock went back: a new segment
             while held:
                 yield give()
-            offset = (last + period) - raw
+            segment += 1
+            if clock is not None and segment < len(clock.offsets):
+                offset = clock.offsets[segment]
+            else:
+                offset = (last + period) - raw
             top = -math.inf
         top = max(top, raw)
         held.append(frame)
@@ -449,7 +506,8 @@ class _MonoChunks:
     ``position`` is the absolute sample index on the clock (``round(time * rate)``). Chunks come
     in clock order and never overlap (overlapping data is trimmed); where the timestamps jump
     forward by more than AUDIO_JITTER a gap is left, and ``gaps`` counts its seconds; where they
-    jump back by more than CLOCK_RESET the rest is shifted to follow on (a new segment). Runs of
+    jump back by more than CLOCK_RESET a new segment starts, shifted as the video's (see
+    :meth:`_timed`). Runs of
     contiguous frames go through one resampler, so their samples follow each other exactly.
     """
 
@@ -475,17 +533,48 @@ class _MonoChunks:
             yield position, samples
             end = position + len(samples)
 
+    def _timed(self) -> Iterator[tuple[av.AudioFrame, float | None]]:
+        """Decoded frames with their clock times (None without a timestamp).
+
+        Where the timestamps jump back by more than CLOCK_RESET, a new segment starts: it is
+        shifted by the video's offset for the same segment (:class:`_SegmentClock`, read from
+        the video packets, which may come a little later in the file: up to READ_AHEAD s of
+        audio is held until they do), or, without a video stream or a matching jump in it, so
+        that it follows the previous audio on.
+        """
+        clock = _video_clock(self.container)
+        frames = _decoded(self.container, self.stream, self.damage, clock)
+        held: list[av.AudioFrame] = []
+        offset, segment, expected = 0.0, 0, None
+        while True:
+            frame = held.pop(0) if held else next(frames, None)
+            if frame is None:
+                return
+            if frame.pts is None:
+                yield frame, None
+                continue
+            raw = float(frame.pts * frame.time_base)
+            if expected is not None and raw + offset < expected - CLOCK_RESET:
+                segment += 1  # the clock went back: a new segment
+                ahead = 0.0
+                while clock is not None and len(clock.offsets) <= segment and ahead < READ_AHEAD:
+                    more = next(frames, None)
+                    if more is None:
+                        break
+                    held.append(more)
+                    ahead += more.samples / more.sample_rate
+                if clock is not None and len(clock.offsets) > segment:
+                    offset = clock.offsets[segment]
+                else:
+                    offset = expected - raw
+            expected = raw + offset + frame.samples / frame.sample_rate
+            yield frame, raw + offset
+
     def _segments(self) -> Iterator[tuple[int, np.ndarray]]:
         resampler, key, origin, produced, expected = None, None, 0, 0, None
-        offset = 0.0  # added to the timestamps of the current segment (see CLOCK_RESET)
-        for frame in _decoded(self.container, self.stream, self.damage):
-            if frame.pts is None:
+        for frame, time in self._timed():
+            if time is None:
                 time = 0.0 if expected is None else expected
-            else:
-                time = float(frame.pts * frame.time_base) + offset
-                if expected is not None and time < expected - CLOCK_RESET:
-                    offset += expected - time  # the clock went back: continue it
-                    time = expected
             frame_key = (frame.format.name, frame.layout.name, frame.sample_rate)
             if frame_key != key or expected is None or abs(time - expected) > AUDIO_JITTER:
                 if resampler is not None:

@@ -182,11 +182,10 @@ def test_concatenated_ts_audio_follows_the_same_clock(ts_segment, tmp_path, copi
             t0 = start + 2.0 * k  # where the video's clock puts copy k (one period per frame)
             streamed = reader.window(t0, t0 + 1.5)
             assert streamed == pytest.approx(whole.window(t0, t0 + 1.5), abs=1e-6)
-            # copy k's sound is where its frames are: audio and video each continue their own
-            # clock, so each seam may shift them by the streams' length difference (here one
-            # AAC frame, 21 ms): within one video frame per seam
+            # copy k's sound is where its frames are: both streams of a copy are shifted by the
+            # same offset (the video's), so nothing drifts from copy to copy
             shift = lag(reference, streamed, rate) - 0.2
-            assert abs(shift) <= PERIOD * k + 0.005
+            assert abs(shift) <= 0.002
 
 
 # --- frame numbers: a lost frame leaves its number free -------------------------------------------
@@ -297,3 +296,58 @@ def test_faces_and_annotate_keep_rows_for_lost_frames(tmp_path, carphone):
     assert values["frame"].tolist() == list(range(decoded[-1] + 1))
     assert values.loc[lost, "valence_raw"].isna().all()
     assert (values["valence_raw"].notna() == (values["success"] == 1)).all()
+
+
+def test_audio_only_streams_that_restart_follow_on(tmp_path):
+    """Without video there is no video offset: each restart follows the previous audio on."""
+    path = tmp_path / "one.ts"
+    with av.open(str(path), "w") as out:
+        sound = out.add_stream("aac", rate=media.AUDIO_RATE, layout="mono")
+        sound.codec_context.bit_rate = media.AAC_BIT_RATE
+        for frame in media._audio_frames(
+            sound, media.speech_like(1.5)[None], 0.0, media.AUDIO_RATE
+        ):
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode())
+    cat = media.concatenated(path, tmp_path / "three.ts", 3)
+    single, whole = load_audio(path), load_audio(cat)
+    assert whole.duration == pytest.approx(3 * single.duration, abs=0.01) and whole.gaps < 0.01
+    reference = whole.window(whole.start + 0.2, whole.start + 1.0)
+    with AudioReader(cat) as reader:
+        for k in range(3):
+            t0 = whole.start + k * single.duration
+            shift = lag(reference, reader.window(t0, t0 + 1.4), whole.sample_rate) - 0.2
+            assert abs(shift) <= 0.002
+
+
+@pytest.mark.parametrize("video_late_by", [0, 3, 1000])
+def test_audio_waits_for_the_video_offset_of_a_segment(monkeypatch, video_late_by):
+    """The audio of a new segment may come before the video packets that tell its offset: it is
+    held (up to READ_AHEAD s) until they come; if they never do, it follows the audio on."""
+    from avemo import decode
+
+    frame_s = 1024 / 48000
+    stamps = [k * frame_s for k in range(50)] * 2  # one restart after 50 frames
+    clock = SimpleNamespace(offsets=[0.0])
+
+    def decoded(container, stream, damage, clock_):
+        for i, stamp in enumerate(stamps):
+            if i == 50 + video_late_by:  # the video packet that restarts the clock
+                clock.offsets.append(7.0)
+            yield SimpleNamespace(
+                pts=round(stamp * 48000),
+                time_base=Fraction(1, 48000),
+                samples=1024,
+                sample_rate=48000,
+            )
+
+    monkeypatch.setattr(decode, "_decoded", decoded)
+    monkeypatch.setattr(decode, "_video_clock", lambda container: clock)
+    chunks = object.__new__(decode._MonoChunks)
+    chunks.container = chunks.stream = chunks.damage = None
+    times = [t for _, t in chunks._timed()]
+    assert times[:50] == pytest.approx(stamps[:50])
+    if video_late_by < decode.READ_AHEAD / frame_s:
+        assert times[50:] == pytest.approx(np.array(stamps[50:]) + 7.0)
+    else:  # no matching video reset within READ_AHEAD: the audio follows on
+        assert times[50:] == pytest.approx(np.array(stamps[50:]) + 50 * frame_s)
