@@ -24,7 +24,6 @@ Column names are matched case-insensitively; avemo and generic CSVs may name oth
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -34,8 +33,6 @@ import numpy as np
 import pandas as pd
 
 from avemo.errors import AvemoError
-
-log = logging.getLogger("avemo")
 
 INVALID_LABEL = -5.0  # Aff-Wild2: a frame without a valid valence/arousal label
 VALUES = ("valence", "arousal")
