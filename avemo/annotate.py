@@ -156,7 +156,8 @@ def annotate(
     progress: bool = False,
     allow_untrained: bool = False,
 ) -> pd.DataFrame:
-    """Per-frame valence/arousal of the video at ``path``: one row per decoded frame per face.
+    """Per-frame valence/arousal of the video at ``path``: one row per frame per face (frames
+    lost to damage included, with NaN: see :class:`avemo.decode.Frame` for the numbering).
 
     Columns: ``frame, timestamp, face_id, success, confidence, valence, arousal``, the face box,
     ``valence_raw, arousal_raw`` (before smoothing), then per-model columns (class probabilities
@@ -229,13 +230,17 @@ def annotate(
                     )
                 )
         frames = iter_frames(path, info=scan.info) if tracks else iter(())
+        expected = 0  # the next frame number
         while True:
             with timer("decode"):
                 frame = next(frames, None)
             if frame is None or frame.index >= n:
                 break
-            for track, predictor in zip(tracks, predictors, strict=True):
-                predictor.push(frame.index, frame.image, track.landmarks[frame.index])
+            # frames lost to damage (numbers left free) have no face: fed as such, in order
+            for index in [*range(expected, frame.index), frame.index]:
+                for track, predictor in zip(tracks, predictors, strict=True):
+                    predictor.push(index, frame.image, track.landmarks[index])
+            expected = frame.index + 1
         outputs = [predictor.finish() for predictor in predictors]
         if readers:  # what the audio reader found: no audio stream, seconds of silence filled in
             audio_state.update(audio_missing=readers[0].missing, audio_gaps=readers[0].gaps)

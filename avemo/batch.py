@@ -23,7 +23,7 @@ from avemo.errors import AvemoError
 log = logging.getLogger("avemo")
 
 VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .wmv .flv .3gp .ts .mts .m2ts .ogv".split()
+    ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .wmv .flv .3gp .ts .mts .m2ts .ogv .gif".split()
 )
 
 

@@ -16,9 +16,21 @@ FFmpeg's own mono downmix is neither a mean nor a sum (stereo becomes ``(L + R) 
 layout (``format="fltp"``, only the rate changes) and the channels are averaged afterwards; the
 two steps commute because resampling is linear.
 
+Times never go back. The decoder gives frames in presentation order, but some containers (AVI
+with B-frames) store timestamps in decoding order; :func:`iter_frames` holds up to
+``REORDER_DEPTH`` frames back and gives each frame the smallest timestamp not yet used, which puts
+such timestamps back in presentation order and leaves correct ones as they are. Where the
+timestamps jump back by more than ``CLOCK_RESET`` s (files concatenated byte-wise, a recorder
+restarting its clock) the clock continues instead: the new segment is shifted to start one frame
+period after the previous segment's last video timestamp, and its audio by the same offset (both
+passes read it from the video packets: :class:`_SegmentClock`), so video and audio stay as
+aligned as the file has them, however many segments there are. A smaller step back that sorting
+cannot fix gives the frame the previous time plus one frame period.
+
 Packets that fail to decode are skipped and counted; one ``logging`` warning per decoding pass
 (video or audio) reports them, and a video that ends well before its declared duration (a cut
-file) is reported the same way.
+file) is reported the same way. A report is given once per process and file: the later passes
+of a command over the same file (crops, values, audio per face) do not repeat it.
 """
 
 from __future__ import annotations
@@ -33,12 +45,19 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avemo.errors import AvemoError
+from avemo.errors import InputError
 from avemo.spectrogram import SAMPLE_RATE  # the rate audio is resampled to by default
 
 AUDIO_JITTER = 0.002  # s; audio timestamps this close to the running sample count are contiguous
 TRUNCATION_TOLERANCE = 0.5  # s; video ending this much before its declared end is reported as cut
 READER_MARGIN = 1.0  # s of audio AudioReader keeps before the start of the latest window
+REORDER_DEPTH = 8  # frames held back so that timestamps stored in decoding order (AVI with
+# B-frames) are put back in presentation order; a B-frame run longer than this is clamped
+CLOCK_RESET = 0.5  # s; a timestamp going back further than this (and than REORDER_DEPTH frames)
+# starts a new segment whose clock continues from the previous one (concatenated MPEG-TS)
+READ_AHEAD = 5.0  # s of audio held, at most, while waiting for the video's offset of a segment
+GRID_TOLERANCE = 0.25  # frames; a time this close to the frame-rate grid is on it (Frame.index)
+FILL_LIMIT = 10.0  # s; a longer hole in the grid is a clock jump, not lost frames (Frame.index)
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +95,17 @@ class VideoInfo:
 class Frame:
     """One decoded video frame.
 
-    ``index`` counts frames in decoding (presentation) order from 0, after dropping frames that
-    could not be decoded; ``time`` is its presentation timestamp in seconds on the stream clock
-    (PTS * time base, not shifted); ``image`` is ``H x W x 3`` uint8 RGB, upright, C-contiguous.
+    ``index`` is the frame's number, from 0 at the first decoded frame, increasing: its position
+    on the frame-rate grid, ``round((time - first time) * fps)``, so that a frame lost to damage
+    leaves its number free instead of shifting every later number (labels numbered by position
+    in the intact video stay aligned). This holds while every frame lies on the grid (within
+    GRID_TOLERANCE of a frame) and the second frame is one step after the first; from the first
+    frame that does not (a variable frame rate, a declared rate that drifts from the real one or
+    is a multiple of it) frames are counted instead. A hole longer than
+    FILL_LIMIT seconds is taken for a jump of the clock and numbered as no hole. ``time`` is its
+    presentation timestamp in seconds on the stream clock (PTS * time base, not shifted), never
+    decreasing (see the module notes on reordered timestamps and clock resets); ``image`` is
+    ``H x W x 3`` uint8 RGB, upright, C-contiguous.
     """
 
     index: int
@@ -123,12 +150,27 @@ def _window(buffer: np.ndarray, base: int, t0: float, t1: float, rate: int) -> n
     return out
 
 
+_REPORTED: dict[tuple, None] = {}  # damage already reported (insertion-ordered, bounded)
+REPORTED_KEPT = 1024  # reports remembered, so that a long batch does not grow memory
+
+
+def forget_reports() -> None:
+    """Forget which damage was reported, so that it is reported again (for tests)."""
+    _REPORTED.clear()
+
+
 class _Damage:
-    """What could not be read in one decoding pass over a file, reported in one warning."""
+    """What could not be read in one decoding pass over a file, reported in one warning.
+
+    Commands decode a file several times (face detection, then crops or values; audio once per
+    face track), and each pass finds the same damage: the same report about the same file (same
+    size and modification time) is logged once per process.
+    """
 
     def __init__(self, path: Path, what: str):
         self.path, self.what = path, what
         self.skipped = 0  # corrupt or undecodable packets and frames
+        self.missing = 0  # frame numbers left free (lost frames: Frame.index)
         self.read_error: str | None = None
         self.short: tuple[float, float] | None = None  # (decoded end, declared end) in s
 
@@ -136,29 +178,41 @@ class _Damage:
         parts = []
         if self.skipped:
             parts.append(f"skipped {self.skipped} corrupt packet(s)")
+        if self.missing:
+            parts.append(f"{self.missing} frame(s) missing (their numbers are left free)")
         if self.read_error:
             parts.append(f"reading stopped early ({self.read_error})")
         if self.short:
             parts.append(f"ends at {self.short[0]:.2f} s of {self.short[1]:.2f} s (file cut?)")
         if parts:
-            log.warning("%s: %s: %s", self.path, self.what, "; ".join(parts))
-        self.skipped, self.read_error, self.short = 0, None, None
+            message = "; ".join(parts)
+            try:
+                stat = os.stat(self.path)
+                key = (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, self.what, message)
+            except OSError:
+                key = (str(self.path), self.what, message)
+            if key not in _REPORTED:
+                _REPORTED[key] = None
+                while len(_REPORTED) > REPORTED_KEPT:
+                    del _REPORTED[next(iter(_REPORTED))]
+                log.warning("%s: %s: %s", self.path, self.what, message)
+        self.skipped, self.missing, self.read_error, self.short = 0, 0, None, None
 
 
 def _open(path: _Path) -> av.container.InputContainer:
     """Open a media file, turning every way it can be unreadable into one AvemoError."""
     path = Path(path)
     if not path.exists():
-        raise AvemoError("no such file", path)
+        raise InputError("no such file", path)
     if path.is_dir():
-        raise AvemoError("is a directory, not a video file", path)
+        raise InputError("is a directory, not a video file", path)
     if path.stat().st_size == 0:
-        raise AvemoError("empty file (0 bytes)", path)
+        raise InputError("empty file (0 bytes)", path)
     try:
         return av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError) as error:
         reason = getattr(error, "strerror", None) or str(error)
-        raise AvemoError(f"not a readable media file ({reason})", path) from None
+        raise InputError(f"not a readable media file ({reason})", path) from None
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.VideoStream:
@@ -166,12 +220,20 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             return stream
-    raise AvemoError("no video stream", path)
+    raise InputError("no video stream", path)
 
 
-def _decoded(container, stream, damage: _Damage) -> Iterator[av.frame.Frame]:
-    """Frames of one stream, skipping (and counting) packets and frames that fail to decode."""
-    packets = container.demux(stream)
+def _decoded(
+    container, stream, damage: _Damage, clock: _SegmentClock | None = None
+) -> Iterator[av.frame.Frame]:
+    """Frames of one stream, skipping (and counting) packets and frames that fail to decode.
+
+    With ``clock``, the packets of the clock's video stream (demuxed too, not decoded) are shown
+    to it, so that it knows where that stream's timestamps jump back.
+    """
+    watched = clock.stream if clock is not None else None
+    others = [watched] if watched is not None and watched is not stream else []
+    packets = container.demux(stream, *others)
     while True:
         try:
             packet = next(packets)
@@ -180,6 +242,10 @@ def _decoded(container, stream, damage: _Damage) -> Iterator[av.frame.Frame]:
         except (av.FFmpegError, OSError) as error:
             damage.read_error = getattr(error, "strerror", None) or str(error)
             packet = None  # flush what the decoder holds
+        if packet is not None and watched is not None and packet.stream is watched:
+            clock.packet(packet)
+            if packet.stream is not stream:
+                continue
         if packet is not None and packet.is_corrupt:
             damage.skipped += 1
             continue
@@ -195,6 +261,40 @@ def _decoded(container, stream, damage: _Damage) -> Iterator[av.frame.Frame]:
                 yield frame
         if packet is None:
             return
+
+
+class _SegmentClock:
+    """Where the video stream's timestamps jump back, and the offset that continues the clock
+    after each jump: the video pass and the audio pass both read it from the video packets, so
+    that both streams of a segment are shifted by the same offset (what lies together in the file
+    stays together). Segment ``k``'s offset puts its first video packet one ``period`` after the
+    largest video timestamp of segment ``k - 1``."""
+
+    def __init__(self, stream, period: float):
+        self.stream, self.period = stream, period
+        self.reset = max(CLOCK_RESET, REORDER_DEPTH * period)
+        self.offsets = [0.0]  # per segment, seconds added to its timestamps
+        self.top = -math.inf  # largest video timestamp of the current segment
+
+    def packet(self, packet) -> None:
+        if packet.pts is None or packet.time_base is None:
+            return
+        time = float(packet.pts * packet.time_base)
+        if time < self.top - self.reset:
+            self.offsets.append(self.offsets[-1] + self.top + self.period - time)
+            self.top = -math.inf
+        self.top = max(self.top, time)
+
+
+def _video_clock(container, period: float | None = None) -> _SegmentClock | None:
+    """The segment clock of a container's video stream (None without one)."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            if period is None:
+                rate = stream.average_rate or stream.guessed_rate
+                period = 1.0 / float(rate) if rate else 1.0 / 30
+            return _SegmentClock(stream, period)
+    return None
 
 
 def _seconds(value, time_base) -> float | None:
@@ -242,7 +342,7 @@ def probe(path: _Path) -> VideoInfo:
         elif stream.guessed_rate:
             fps = float(stream.guessed_rate)
         else:
-            raise AvemoError("cannot tell the video's frame rate", path)
+            raise InputError("cannot tell the video's frame rate", path)
         # the display matrix reaches Python only on frames; older FFmpeg versions exported it
         # as a `rotate` tag instead (clockwise degrees)
         tag = stream.metadata.get("rotate", "0")
@@ -278,7 +378,9 @@ def probe(path: _Path) -> VideoInfo:
 def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame]:
     """Decode a video frame by frame (threaded), RGB and upright, in presentation order.
 
-    Frames without a timestamp get the previous frame's time plus ``1 / fps``. Undecodable packets
+    Times never decrease: decoding-order timestamps are sorted back into presentation order and
+    a clock that jumps back continues from the previous frame (see the module notes). Frames
+    without a timestamp get the previous frame's time plus ``1 / fps``. Undecodable packets
     are skipped and reported in one warning at the end, as is a video that stops well before its
     declared duration (a truncated file yields the frames that decode); a file where not one frame
     decodes raises :class:`AvemoError`. Pass ``info`` from :func:`probe` to skip probing again.
@@ -288,24 +390,23 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
     turns = info.rotation // 90 % 4
     period = 1.0 / info.fps
     damage = _Damage(path, "video")
-    index, time = 0, None
+    numbers, time = _FrameNumbers(info.fps), None
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         try:
-            for frame in _decoded(container, stream, damage):
-                if frame.pts is not None:
-                    time = float(frame.pts * frame.time_base)
-                else:
-                    time = info.start if time is None else time + period
+            clock = _SegmentClock(stream, period)
+            frames = _decoded(container, stream, damage, clock)
+            for frame, time in _presentation_times(frames, info.start, period, clock):
+                index = numbers(time)
                 # PyAV >= 18 returns a view of the padded plane when rows are padded (e.g. 176 px
                 # wide): copy to the documented C-contiguous layout (a no-op when it already is)
                 image = frame.to_ndarray(format="rgb24")
                 image = np.ascontiguousarray(np.rot90(image, turns) if turns else image)
                 yield Frame(index=index, time=time, image=image)
-                index += 1
-            if index == 0:
-                raise AvemoError("no video frame could be decoded", path)
+            damage.missing = numbers.missing
+            if numbers.last < 0:
+                raise InputError("no video frame could be decoded", path)
             end = _declared_duration(container, stream, own=True)
             if end is not None:
                 end += _seconds(stream.start_time, stream.time_base) or 0.0
@@ -315,12 +416,98 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
             damage.report()
 
 
+class _FrameNumbers:
+    """Frame numbers from presentation times (the rule of :class:`Frame`): positions on the
+    frame-rate grid ``round((time - first) * fps)`` while every frame lies on it, counting
+    otherwise; ``missing`` counts the grid positions left free."""
+
+    def __init__(self, fps: float):
+        self.fps, self.anchor, self.last = fps, None, -1
+        self.on_grid, self.missing = True, 0
+
+    def __call__(self, time: float) -> int:
+        if self.anchor is None:
+            self.anchor, self.last = time, 0
+            return 0
+        if self.on_grid:
+            position = (time - self.anchor) * self.fps
+            index = round(position)
+            # the second frame a whole step away or more: the declared rate is not the frame rate
+            fits = index == 1 if self.last == 0 else index > self.last
+            if abs(position - index) <= GRID_TOLERANCE and fits:
+                if index - self.last - 1 > FILL_LIMIT * self.fps:  # a clock jump, not lost frames
+                    index = self.last + 1
+                    self.anchor = time - index / self.fps
+                self.missing += index - self.last - 1
+                self.last = index
+                return index
+            self.on_grid = False  # a variable frame rate (or a clock that drifts): count
+        self.last += 1
+        return self.last
+
+
+def _presentation_times(
+    frames: Iterator[av.frame.Frame],
+    start: float,
+    period: float,
+    clock: _SegmentClock | None = None,
+) -> Iterator[tuple[av.frame.Frame, float]]:
+    """``(frame, time)`` in the order given, with times that never decrease.
+
+    Up to REORDER_DEPTH frames are held back; each frame given out takes the smallest held
+    timestamp, so timestamps that arrive in decoding order come out sorted. A timestamp more than
+    ``max(CLOCK_RESET, REORDER_DEPTH periods)`` before the largest of its segment starts a new
+    segment: held frames are given out first, then the new segment's clock is shifted by the
+    ``clock``'s offset for it (from the packets: the audio pass shifts its audio the same way), or
+    without one so as to start one period after the last time given out. Frames without a
+    timestamp get the previous raw timestamp plus ``period`` (``start`` for the first).
+    """
+    import heapq
+
+    held: list[av.frame.Frame] = []  # in the decoder's (presentation) order
+    stamps: list[float] = []  # min-heap of the held frames' raw timestamps
+    reset = max(CLOCK_RESET, REORDER_DEPTH * period)
+    offset, top, raw, last, segment = 0.0, -math.inf, None, None, 0
+
+    def give() -> tuple[av.frame.Frame, float]:
+        nonlocal last
+        time = heapq.heappop(stamps) + offset
+        if last is not None and time <= last:  # a step back sorting could not fix
+            time = last + period
+        last = time
+        return held.pop(0), time
+
+    for frame in frames:
+        if frame.pts is not None:
+            raw = float(frame.pts * frame.time_base)
+        else:
+            raw = start if raw is None else raw + period
+        if raw < top - reset:  # the clock went back: a new segment
+            while held:
+                yield give()
+            segment += 1
+            if clock is not None and segment < len(clock.offsets):
+                offset = clock.offsets[segment]
+            else:
+                offset = (last + period) - raw
+            top = -math.inf
+        top = max(top, raw)
+        held.append(frame)
+        heapq.heappush(stamps, raw)
+        if len(held) > REORDER_DEPTH:
+            yield give()
+    while held:
+        yield give()
+
+
 class _MonoChunks:
     """The first audio stream as ``(position, samples)`` chunks: mono float32 at ``rate``.
 
     ``position`` is the absolute sample index on the clock (``round(time * rate)``). Chunks come
     in clock order and never overlap (overlapping data is trimmed); where the timestamps jump
-    forward by more than AUDIO_JITTER a gap is left, and ``gaps`` counts its seconds. Runs of
+    forward by more than AUDIO_JITTER a gap is left, and ``gaps`` counts its seconds; where they
+    jump back by more than CLOCK_RESET a new segment starts, shifted as the video's (see
+    :meth:`_timed`). Runs of
     contiguous frames go through one resampler, so their samples follow each other exactly.
     """
 
@@ -346,11 +533,48 @@ class _MonoChunks:
             yield position, samples
             end = position + len(samples)
 
+    def _timed(self) -> Iterator[tuple[av.AudioFrame, float | None]]:
+        """Decoded frames with their clock times (None without a timestamp).
+
+        Where the timestamps jump back by more than CLOCK_RESET, a new segment starts: it is
+        shifted by the video's offset for the same segment (:class:`_SegmentClock`, read from
+        the video packets, which may come a little later in the file: up to READ_AHEAD s of
+        audio is held until they do), or, without a video stream or a matching jump in it, so
+        that it follows the previous audio on.
+        """
+        clock = _video_clock(self.container)
+        frames = _decoded(self.container, self.stream, self.damage, clock)
+        held: list[av.AudioFrame] = []
+        offset, segment, expected = 0.0, 0, None
+        while True:
+            frame = held.pop(0) if held else next(frames, None)
+            if frame is None:
+                return
+            if frame.pts is None:
+                yield frame, None
+                continue
+            raw = float(frame.pts * frame.time_base)
+            if expected is not None and raw + offset < expected - CLOCK_RESET:
+                segment += 1  # the clock went back: a new segment
+                ahead = 0.0
+                while clock is not None and len(clock.offsets) <= segment and ahead < READ_AHEAD:
+                    more = next(frames, None)
+                    if more is None:
+                        break
+                    held.append(more)
+                    ahead += more.samples / more.sample_rate
+                if clock is not None and len(clock.offsets) > segment:
+                    offset = clock.offsets[segment]
+                else:
+                    offset = expected - raw
+            expected = raw + offset + frame.samples / frame.sample_rate
+            yield frame, raw + offset
+
     def _segments(self) -> Iterator[tuple[int, np.ndarray]]:
         resampler, key, origin, produced, expected = None, None, 0, 0, None
-        for frame in _decoded(self.container, self.stream, self.damage):
-            time = expected if frame.pts is None else float(frame.pts * frame.time_base)
-            time = 0.0 if time is None else time
+        for frame, time in self._timed():
+            if time is None:
+                time = 0.0 if expected is None else expected
             frame_key = (frame.format.name, frame.layout.name, frame.sample_rate)
             if frame_key != key or expected is None or abs(time - expected) > AUDIO_JITTER:
                 if resampler is not None:

@@ -109,12 +109,13 @@ class Result:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        """``summary`` as JSON (undefined values as null)."""
+        """``summary`` as strict JSON: undefined or non-finite values are null (never the
+        ``NaN``/``Infinity`` literals that JSON does not have)."""
         clean = {
-            key: None if isinstance(value, float) and math.isnan(value) else value
+            key: None if isinstance(value, float) and not math.isfinite(value) else value
             for key, value in self.summary.items()
         }
-        return json.dumps(clean, indent=2)
+        return json.dumps(clean, indent=2, allow_nan=False)
 
 
 def _number(value: float) -> str:
@@ -162,36 +163,62 @@ def _check_labels(table: pd.DataFrame, name: str) -> None:
         )
 
 
-def _timeline(pred: pd.DataFrame, last: int, smooth: bool) -> np.ndarray:
-    """Predictions for frames 0..last (N x 2), NaN where there is none, optionally smoothed."""
-    values = pred.reindex(pd.RangeIndex(last + 1)).to_numpy(dtype=np.float64, copy=True)
-    values[np.isnan(values).any(axis=1)] = np.nan  # half a prediction is no prediction
-    if smooth:
-        from avemo.smoothing import smooth as box_filter
+def _smoothed(frames: np.ndarray, values: np.ndarray, last: int) -> np.ndarray:
+    """``avemo.smoothing.smooth`` of a video's predictions given only at ``frames`` (sorted; NaN
+    rows are frames without a prediction), on the timeline ``0..last``, without allocating the
+    timeline: runs of frames closer than the widest window are filtered on a dense stretch that
+    reaches one window past them (NaN there, or the video's edge), which gives each of them the
+    same window as the whole timeline would."""
+    from avemo.smoothing import WINDOWS
+    from avemo.smoothing import smooth as box_filter
 
-        values = box_filter(values)
-    return values
+    reach = max(WINDOWS)
+    out = np.full_like(values, np.nan)
+    present = np.flatnonzero(~np.isnan(values).any(axis=1))
+    if not len(present):
+        return out
+    breaks = np.flatnonzero(np.diff(frames[present]) > reach) + 1
+    for run in np.split(present, breaks):
+        low = max(int(frames[run[0]]) - reach, 0)
+        high = min(int(frames[run[-1]]) + reach, last)
+        stretch = np.full((high - low + 1, values.shape[1]), np.nan)
+        stretch[frames[run] - low] = values[run]
+        out[run] = box_filter(stretch)[frames[run] - low]
+    return out
 
 
 def _align(
     label: pd.DataFrame, pred: pd.DataFrame | None, *, smooth: bool, missing: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """(frames, label, pred, n_missing, n_extra) of one video, the missing policy applied."""
+    """(frames, label, pred, n_missing, n_extra) of one video, the missing policy applied.
+
+    Works on the frames present in the two tables only, so memory follows the number of rows,
+    never the largest frame number."""
     valid = label.dropna()
     frames = valid.index.to_numpy()
-    last = int(label.index.max()) if len(label) else -1
-    if pred is None:
-        timeline, n_extra = np.full((last + 1, 2), np.nan), 0
-    else:
-        last = max(last, int(pred.index.max()) if len(pred) else -1)
-        timeline = _timeline(pred, last, smooth)
+    out = np.full((len(frames), 2), np.nan)
+    n_extra = 0
+    if pred is not None and len(pred):
+        known = pred.index.to_numpy()  # sorted, unique (labels._table)
+        values = pred.to_numpy(dtype=np.float64, copy=True)
+        values[np.isnan(values).any(axis=1)] = np.nan  # half a prediction is no prediction
+        if smooth:
+            last = max(int(label.index.max()) if len(label) else -1, int(known[-1]))
+            values = _smoothed(known, values, last)
         n_extra = int((~pred.index.isin(label.index)).sum())
-    absent = np.isnan(timeline[frames]).any(axis=1)
-    if missing == "ffill":
-        timeline = pd.DataFrame(timeline).ffill().to_numpy()
+        slot = np.minimum(np.searchsorted(known, frames), len(known) - 1)
+        hit = known[slot] == frames
+        out[hit] = values[slot[hit]]
+    absent = np.isnan(out).any(axis=1)
+    if missing == "ffill" and pred is not None and len(pred):  # the last prediction before
+        good = ~np.isnan(values[:, 0])
+        before = np.searchsorted(known[good], frames, side="right") - 1
+        gaps = absent & (before >= 0)
+        out[gaps] = values[good][before[gaps]]
+    n_missing = int(absent.sum())
     if missing in ("zero", "ffill"):
-        timeline = np.nan_to_num(timeline, nan=0.0)
-    return frames, valid.to_numpy(), timeline[frames], int(absent.sum()), n_extra
+        out = np.nan_to_num(out, nan=0.0)
+    return frames, valid.to_numpy(), out, n_missing, n_extra
 
 
 def _note(video: Video, n_labelled: int, missing: str) -> str:
@@ -274,6 +301,7 @@ def _per_video(videos: list[Video], labelled: list[int]) -> pd.DataFrame:
     return table
 
 
+@np.errstate(over="ignore")  # absurd (finite) predictions give inf metrics, reported as null
 def evaluate(
     predictions: Source,
     labels: Source,

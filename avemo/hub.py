@@ -730,25 +730,41 @@ def _fetch(entry: Weights, url: str, *, timeout: float, progress: bool | None) -
 
 @contextlib.contextmanager
 def _exclusive(entry: Weights) -> Iterator[None]:
-    """Hold a lock file so that two processes never write the same download."""
+    """Hold a lock file so that two processes never write the same download.
+
+    The lock file is removed when the pull ends, whether it succeeded or failed. Removing it
+    while holding the lock is safe because a process that locks the file checks that the name
+    still leads to the file it locked (else it opened a lock already removed, and tries again).
+    """
     entry.path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = entry.path.with_name(entry.path.name + ".lock")
-    with open(lock_path, "w") as lock:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks, concurrent pulls are the user's care
-            yield
-            return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks, concurrent pulls are the user's care
+        yield
+        return
+    while True:
+        lock = open(lock_path, "w")  # closed below: after the unlink when it is ours
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()
             raise AvemoError(
                 f"another avemo process is downloading {entry.name}; wait for it", entry.path
             ) from None
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(lock.fileno()).st_ino:
+            break
+        lock.close()  # removed (and maybe re-created) by the holder we waited for: again
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        lock.close()  # releases the lock
 
 
 def _check_file(entry: Weights, path: Path, expected: str | None) -> str:

@@ -24,7 +24,6 @@ Column names are matched case-insensitively; avemo and generic CSVs may name oth
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -35,8 +34,6 @@ import pandas as pd
 
 from avemo.errors import InputError
 
-log = logging.getLogger("avemo")
-
 INVALID_LABEL = -5.0  # Aff-Wild2: a frame without a valid valence/arousal label
 VALUES = ("valence", "arousal")
 RAW_VALUES = ("valence_raw", "arousal_raw")  # avemo annotate's values before smoothing
@@ -45,6 +42,7 @@ SUFFIXES = (".csv", ".txt")  # files considered when a folder is searched
 SIDES = ("left", "right")
 _SIDE = re.compile(r"^(?P<base>.+)_(?P<side>left|right)$")
 _IMAGE_NUMBER = re.compile(r"(\d+)\.[A-Za-z0-9]+$")
+MAX_FRAME = 2**53  # largest frame number accepted (float64 holds every integer up to it)
 
 
 def _header(path: Path) -> list[str]:
@@ -103,7 +101,8 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
 
 
 def _numbers(data: pd.DataFrame, column: str, path: Path, *, values: bool = True) -> np.ndarray:
-    """A column as float64 (-5 as NaN for ``values``); InputError names a line with no number."""
+    """A column as float64 (-5 as NaN for ``values``); InputError names a line with no number or
+    an infinite one (NaN, an empty cell, stays: a frame without a value)."""
     numbers = pd.to_numeric(data[column], errors="coerce")
     bad = numbers.isna() & data[column].notna()
     if bad.any():
@@ -112,14 +111,24 @@ def _numbers(data: pd.DataFrame, column: str, path: Path, *, values: bool = True
             f"line {row + 2}: {column} is not a number: {str(data[column].iloc[row])!r}", path
         )
     numbers = numbers.to_numpy(dtype=np.float64, copy=True)
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise InputError(
+            f"line {row + 2}: {column} is not a finite number: {str(data[column].iloc[row])!r}",
+            path,
+        )
     if values:
         numbers[numbers == INVALID_LABEL] = np.nan
     return numbers
 
 
 def _frames(values: np.ndarray, column: str, path: Path) -> np.ndarray:
-    """Frame numbers as int64; InputError for missing, fractional or negative ones."""
-    bad = np.isnan(values) | (values != np.round(values)) | (values < 0)
+    """Frame numbers as int64; InputError for missing, fractional, negative or absurdly large
+    ones (beyond MAX_FRAME: not exact in float64, and no video has that many frames)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0)
+        bad |= values > MAX_FRAME
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputError(f"line {row + 2}: bad {column} number {values[row]!r}", path)
@@ -157,7 +166,7 @@ def read_challenge(path: str | os.PathLike) -> pd.DataFrame:
     videos = sorted(set(locations.str.rpartition("/")[0]))
     if len(videos) > 1:
         raise InputError(f"rows of several videos ({', '.join(videos[:3])}): one per file", path)
-    frames = numbers.astype(np.int64).to_numpy() - 1
+    frames = _frames(numbers.astype(np.float64).to_numpy(), "image", path) - 1
     if (frames < 0).any():
         raise InputError("image numbers are 1-based: found 0", path)
     values = np.column_stack([_numbers(data, name, path) for name in VALUES])
@@ -307,9 +316,13 @@ def as_table(data: pd.DataFrame, name: str = "table") -> pd.DataFrame:
     if missing:
         raise InputError(f"no {', '.join(missing)} column(s)", name)
     frames = np.asarray(data.index, dtype=np.float64)
-    if np.isnan(frames).any() or (frames != np.round(frames)).any() or (frames < 0).any():
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(frames) | (frames != np.round(frames)) | (frames < 0)
+    if bad.any() or (frames > MAX_FRAME).any():
         raise InputError("frame numbers must be non-negative integers", name)
     values = data[list(VALUES)].to_numpy(dtype=np.float64, copy=True)
+    if np.isinf(values).any():
+        raise InputError("valence/arousal values must be finite numbers (or NaN)", name)
     values[values == INVALID_LABEL] = np.nan
     table = _table(frames.astype(np.int64), values, Path(name))
     table.attrs["face_id"] = data.attrs.get("face_id")
@@ -319,9 +332,10 @@ def as_table(data: pd.DataFrame, name: str = "table") -> pd.DataFrame:
 def find_files(path: str | os.PathLike) -> dict[str, Path]:
     """Video name (file stem) -> file, for one file or every readable file under a folder.
 
-    Folders are searched recursively for ``.csv``/``.txt`` files in a supported format (others,
-    e.g. ``*.faces.csv`` or provenance files, are skipped); two files with the same stem are an
-    error.
+    Folders are searched recursively for ``.csv``/``.txt`` files (``*.faces.csv`` from
+    ``avemo faces`` is skipped, as are other suffixes); every one must be readable and in a
+    supported format, else InputError names it (a file left out silently would turn its video
+    into one without predictions). Two files with the same stem are an error.
     """
     path = Path(path)
     if path.is_file():
@@ -332,13 +346,18 @@ def find_files(path: str | os.PathLike) -> dict[str, Path]:
     for candidate in sorted(path.rglob("*")):
         if candidate.suffix.lower() not in SUFFIXES or candidate.name.endswith(".faces.csv"):
             continue
-        if not candidate.is_file():
+        if candidate.is_dir():
             continue
+        if not candidate.is_file():  # a broken link, a FIFO (opening it would block), ...
+            what = "a broken link" if candidate.is_symlink() else "not a regular file"
+            raise InputError(f"cannot read: {what}", candidate)
         try:
             detect_format(candidate)
-        except InputError as error:
-            log.info("skipped %s", error)
-            continue
+        except InputError as error:  # never silently left out: its video would look unpredicted
+            raise InputError(
+                f"{error.message} (every .csv/.txt file in {path} is read; move others out)",
+                candidate,
+            ) from None
         if candidate.stem in found:
             raise InputError(
                 f"two files for video {candidate.stem!r}: {found[candidate.stem]} and {candidate}",

@@ -140,3 +140,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_damage_reports():
+    """Each test sees decoding damage reported afresh (avemo reports it once per process)."""
+    from avemo.decode import forget_reports
+
+    forget_reports()

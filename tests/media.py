@@ -72,8 +72,11 @@ def write_av(
     audio_codec: str = "aac",
     rotation: int = 0,
     options: dict[str, str] | None = None,
+    encoder: dict[str, str] | None = None,
 ) -> Path:
     """Mux RGB ``frames`` (at ``fps``, or at ``times`` in ms) and audio ``(start s, C x N)`` runs.
+
+    ``options`` go to the container, ``encoder`` to the video encoder (e.g. ``{"bf": "3"}``).
 
     Audio runs are written at their start times, so a late start or a pause between runs is
     stored as a jump in the audio timestamps. Without runs the file has no audio stream.
@@ -86,6 +89,8 @@ def write_av(
         video = out.add_stream(video_codec, rate=fps)
         video.height, video.width = first.shape[:2]
         video.pix_fmt = "yuv420p"
+        if encoder:
+            video.codec_context.options = dict(encoder)
         if times is not None:
             video.codec_context.time_base = Fraction(1, 1000)
         if rotation:
@@ -240,3 +245,23 @@ def no_video_file(path: Path) -> Path:
             out.mux(sound.encode(frame))
         out.mux(sound.encode())
     return path
+
+
+def bframes_avi(path: Path, codec: str = "libx264", options: dict[str, str] | None = None) -> Path:
+    """``FPS`` fps moving frames in AVI with B-frames: AVI stores no presentation times, so the
+    timestamps FFmpeg attaches come in decoding order (they go back around every B-frame run)."""
+    options = {"bf": "3"} if options is None else options
+    return write_av(path, moving_frames(2 * FPS), video_codec=codec, options=None, encoder=options)
+
+
+def bar_position(image: np.ndarray) -> int:
+    """Where moving_frames' blue bar starts in ``image`` (its left column): frame ``i`` has it at
+    ``(3 * i) % width``."""
+    return int(np.argmax(image[:, :, 2].astype(float).mean(axis=0) > 128))
+
+
+def concatenated(source: Path, target: Path, copies: int = 2) -> Path:
+    """``copies`` copies of ``source``'s bytes, one after the other (MPEG-TS plays like this; the
+    timestamps start again at every copy)."""
+    Path(target).write_bytes(Path(source).read_bytes() * copies)
+    return Path(target)

@@ -14,6 +14,7 @@ import re
 import socket
 import sys
 from pathlib import Path
+from unittest import mock
 
 import loopback
 import pytest
@@ -202,7 +203,58 @@ def test_pull_wrong_hash_deletes_the_file_and_fails(server, tmp_path):
     with pytest.raises(AvemoError, match=f"sha256 {sha(PAYLOAD)}, expected {sha(OTHER)}"):
         hub.pull("demo", manifest=weights)
     folder = weights["demo"].path.parent
-    assert not [p for p in folder.iterdir() if not p.name.endswith(".lock")]
+    assert not list(folder.iterdir())  # no file, no part, no lock
+
+
+@pytest.mark.parametrize("mode", ["404", "ok", "wrong-hash", "offline", "no-trust"])
+def test_pull_leaves_no_lock_file_whatever_happens(server, tmp_path, mode):
+    weights = served(server, tmp_path, sha256=sha(OTHER if mode == "wrong-hash" else PAYLOAD))
+    if mode == "404":
+        server.modes["/demo.pt"] = "404"
+    elif mode == "offline":
+        weights = manifest(
+            tmp_path, entry(urls=["http://127.0.0.1:9/demo.pt"], sha256=sha(PAYLOAD))
+        )
+    elif mode == "no-trust":
+        weights = served(server, tmp_path)
+    try:
+        hub.pull("demo", manifest=weights, retries=0, timeout=2)
+    except AvemoError:
+        assert mode != "ok"
+    folder = weights["demo"].path.parent
+    assert not list(folder.glob("*.lock"))
+    assert (mode == "ok") == weights["demo"].path.is_file()
+
+
+def test_a_removed_lock_is_never_shared(server, tmp_path):
+    """A pull that opened the lock file before its holder removed it must not take that stale
+    file's lock: it re-opens the name and locks the file there."""
+    import fcntl
+
+    weights = served(server, tmp_path, sha256=sha(PAYLOAD))
+    lock_path = weights["demo"].path.with_name("demo.pt.lock")
+    lock_path.parent.mkdir(parents=True)
+    stale = open(lock_path, "w")
+    lock_path.unlink()  # its holder finished: the name is free, this file is gone
+    real_open = open
+    opened = []
+
+    def first_the_stale_file(path, *args, **kwargs):
+        if Path(path) == lock_path and not opened:
+            opened.append(path)
+            return stale
+        return real_open(path, *args, **kwargs)
+
+    with mock.patch("builtins.open", first_the_stale_file):
+        holder = real_open(lock_path, "w")  # someone else re-created and holds the name
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            with pytest.raises(AvemoError, match="another avemo process"):
+                hub.pull("demo", manifest=weights)
+        finally:
+            holder.close()
+    assert opened  # the stale file was tried first, and then the real name was locked
+    assert lock_path.exists()  # the other holder's lock was not removed
 
 
 def test_pull_wrong_size_announced_by_the_server_fails_before_writing(server, tmp_path):

@@ -154,7 +154,6 @@ def test_binary_file_is_not_a_text_file(tmp_path):
 def test_find_files_searches_folders_and_skips_other_files(tmp_path):
     write(tmp_path / "Validation_Set" / "a.txt", "valence,arousal\n0,0\n")
     write(tmp_path / "Validation_Set" / "sub" / "b_left.txt", "valence,arousal\n0,0\n")
-    write(tmp_path / "notes.txt", "just some notes\n")
     write(tmp_path / "x.faces.csv", "frame,timestamp,face_id,success\n0,0,0,1\n")
     write(tmp_path / "x.json", "{}")
     found = find_files(tmp_path)

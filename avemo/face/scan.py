@@ -20,7 +20,6 @@ import os
 import queue
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,7 +64,8 @@ TIME_DECIMALS, SCORE_DECIMALS, PIXEL_DECIMALS = 6, 4, 2
 
 @dataclass
 class FaceTrack:
-    """One face through the video: per-frame arrays over all decoded frames (NaN where absent)."""
+    """One face through the video: per-frame arrays over all frame numbers (NaN where absent, and
+    on frames lost to damage)."""
 
     face_id: int  # rank among the kept tracks: 0 is the dominant face
     present: np.ndarray  # bool N
@@ -80,14 +80,16 @@ class FaceScan:
     """What pass 1 found: frame times and every detection of the frames the detector ran on."""
 
     info: VideoInfo
-    times: np.ndarray  # float64 N: timestamps of the decoded frames, s
-    num_frames: int  # decoded frames
+    times: np.ndarray  # float64 N: timestamps of the frames, s (lost frames: where they belong)
+    num_frames: int  # frame numbers (decoded frames and lost ones)
     keyframes: np.ndarray  # int64 K: frames the detector ran on
     frames: np.ndarray = field(repr=False)  # int64 M: frame of each detection
     ids: np.ndarray = field(repr=False)  # int64 M: track id of each detection
     boxes: np.ndarray = field(repr=False)  # float32 M x 4
     scores: np.ndarray = field(repr=False)  # float32 M
     landmarks: np.ndarray = field(repr=False)  # float32 M x 5 x 2
+    decoded: np.ndarray | None = field(default=None, repr=False)  # bool N: False where a frame
+    # number was left free (a frame lost to damage: avemo.decode.Frame); None: all decoded
 
     def tracks(self, max_faces: int = 1) -> list[FaceTrack]:
         """The ``max_faces`` dominant tracks (by size and duration), the dominant one first."""
@@ -104,6 +106,8 @@ class FaceScan:
         detected = np.zeros(n, bool)
         detected[self.frames[mine]] = True
         _fill_between_keyframes(values, detected, self.keyframes, self.times)
+        if self.decoded is not None:
+            values[~self.decoded] = np.nan  # no face where there is no image
         present = ~np.isnan(values[:, 0])
         values = values.astype(np.float32)
         return FaceTrack(
@@ -206,11 +210,18 @@ def detect_tracks(
         disable=not progress,
         leave=False,
     )
+    decoded = array.array("b")
     with bar:
         for frame in _frames_ahead(path, info):
-            index = len(times)
+            index = frame.index
+            if index > len(times):  # frames lost to damage: their times are where they belong
+                gap, last = index - len(times) + 1, times[-1]
+                times.extend([last + (frame.time - last) * k / gap for k in range(1, gap)])
+                decoded.extend([0] * (gap - 1))
             times.append(frame.time)
-            if index % detect_every == 0:
+            decoded.append(1)
+            # the first decoded frame of every block of detect_every frames
+            if not keyframes or index // detect_every > keyframes[-1] // detect_every:
                 keyframes.append(index)
                 faces = detector(frame.image)
                 if len(faces):
@@ -242,6 +253,7 @@ def detect_tracks(
         boxes=rows[:, 2:6].astype(np.float32),
         scores=rows[:, 6].astype(np.float32),
         landmarks=rows[:, 7:].reshape(-1, NUM_LANDMARKS, 2).astype(np.float32),
+        decoded=np.frombuffer(decoded, np.int8).astype(bool),
     )
 
 
@@ -266,7 +278,10 @@ class _Rows:
 
 
 def faces_table(scan: FaceScan, max_faces: int = 1) -> pd.DataFrame:
-    """One row per decoded frame per kept face track (``TABLE_COLUMNS``), by frame then face.
+    """One row per frame per kept face track (``TABLE_COLUMNS``), by frame then face.
+
+    A frame lost to damage (a number :func:`avemo.decode.iter_frames` left free) has rows like a
+    frame without a face (``success=0``, NaN numbers) at the time where it belongs.
 
     ``face_x, face_y`` is the box's top-left corner; ``lm0..lm4`` are the left eye, right eye,
     nose, left and right mouth corners. Rows of a frame where the face is absent have
@@ -336,9 +351,10 @@ def save_crops(
     layout); frames without the face get no file. The folder appears complete or not at all
     (written under a temporary name, then renamed; an existing folder is replaced). Returns the
     number of crops written."""
+    from avemo.files import make_part_dir
+
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
+    tmp = make_part_dir(folder)  # mode 0777 less the umask; stale parts of killed runs removed
     try:
         count = 0
         for index, crop in iter_face_crops(path, track, size):
@@ -351,9 +367,7 @@ def save_crops(
                 raise AvemoError("cannot write a face crop", target)
             count += 1
         if folder.exists():
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent)
-            )
+            old = make_part_dir(folder)  # holds the replaced folder until the new one is in place
             os.replace(folder, old / folder.name)
             os.replace(tmp, folder)
             shutil.rmtree(old, ignore_errors=True)

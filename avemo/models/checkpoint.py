@@ -148,7 +148,11 @@ def read_header(path: str | os.PathLike) -> dict:
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the module of an avemo checkpoint, fill its weights strictly, in eval mode.
 
-    The module carries the file's header as ``module.avemo_header``.
+    Before any memory is allocated, the module is built on the ``meta`` device and the file's
+    tensor table (names, shapes, dtypes, byte ranges) is checked against it, so that a header
+    asking for a huge module costs nothing when the file does not hold its weights: memory is
+    bounded by the size of the file. The module carries the file's header as
+    ``module.avemo_header``.
     """
     from safetensors.torch import load_file
 
@@ -159,6 +163,14 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         builder(name)
     except KeyError:
         raise AvemoError(f"unknown builder {name!r} (made by a newer avemo?)", path) from None
+    stored = _tensor_table(path)
+    try:  # the module's shape first, without memory: a header can ask for any size
+        with torch.device("meta"):
+            skeleton = build(name, **header["kwargs"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise AvemoError(f"cannot rebuild {name!r} from the header ({error})", path) from None
+    _check_tensors(skeleton, stored, path)
+    del skeleton
     try:
         module = build(name, **header["kwargs"])
     except (TypeError, ValueError, KeyError) as error:
@@ -187,15 +199,7 @@ def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path)
         for n in names:
             if stored and n not in state:
                 state[n] = state[stored[0]]
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
-        raise AvemoError("tensors do not match the model: " + "; ".join(parts), path)
+    _mismatch(sorted(set(expected) - set(state)), sorted(set(state) - set(expected)), path)
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise AvemoError(
@@ -204,3 +208,95 @@ def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path)
                 path,
             )
     module.load_state_dict(state, strict=True)
+
+
+# safetensors dtype names -> bytes per element (the ones safetensors' torch loader reads)
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+
+
+def _tensor_table(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The file's tensors as ``name -> (shape, dtype)``, from the safetensors header alone,
+    after checking that every tensor's byte range matches its shape and dtype and lies inside
+    the file."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        raw = handle.read(length)
+        data_size = handle.seek(0, os.SEEK_END) - 8 - length
+    try:
+        table = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AvemoError(f"not a valid safetensors file (header: {error})", path) from None
+    if not isinstance(table, dict):
+        raise AvemoError("not a valid safetensors file (header is not a JSON object)", path)
+    out = {}
+    for name, entry in table.items():
+        if name == "__metadata__":
+            continue
+        problem = _bad_entry(entry, data_size)
+        if problem:
+            raise AvemoError(f"tensor {name!r} in the file's table: {problem}", path)
+        out[name] = (tuple(entry["shape"]), entry["dtype"])
+    return out
+
+
+def _bad_entry(entry, data_size: int) -> str | None:
+    """Why a safetensors table entry is unusable (None if it is fine)."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_SIZES:
+        return f"unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        return f"bad shape {shape!r}"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+    ):
+        return f"bad data_offsets {offsets!r}"
+    start, end = offsets
+    numel = 1
+    for n in shape:
+        numel *= n
+    if not 0 <= start <= end <= data_size:
+        return f"bytes {start}-{end} lie outside the file's {data_size} data bytes"
+    if end - start != numel * DTYPE_SIZES[dtype]:
+        return f"{end - start} bytes cannot hold a {dtype} tensor of shape {tuple(shape)}"
+    return None
+
+
+def _check_tensors(
+    skeleton: nn.Module, stored: dict[str, tuple[tuple[int, ...], str]], path: Path
+) -> None:
+    """Raise unless the file's tensors are exactly the (meta-device) module's: the same names
+    (a tensor shared between names may be stored under any one of them) and shapes."""
+    expected = skeleton.state_dict(keep_vars=True)
+    groups: dict[int, list[str]] = {}  # names of one shared tensor (meta tensors have no address)
+    for key, value in expected.items():
+        groups.setdefault(id(value), []).append(key)
+    covered = set(stored)
+    for names in groups.values():
+        if any(n in stored for n in names):
+            covered.update(names)
+    _mismatch(sorted(set(expected) - covered), sorted(set(stored) - set(expected)), path)
+    for key, (shape, _) in stored.items():
+        if tuple(expected[key].shape) != shape:
+            raise AvemoError(
+                f"tensor {key} has shape {shape}, the model needs {tuple(expected[key].shape)}",
+                path,
+            )
+
+
+def _mismatch(missing: list[str], unexpected: list[str], path: Path) -> None:
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+        raise AvemoError("tensors do not match the model: " + "; ".join(parts), path)
