@@ -200,7 +200,7 @@ class _Damage:
 
 
 def _open(path: _Path) -> av.container.InputContainer:
-    """Open a media file, turning every way it can be unreadable into one AvemoError."""
+    """Open a media file, turning every way it can be unreadable into one InputError."""
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path)
@@ -383,7 +383,7 @@ def iter_frames(path: _Path, *, info: VideoInfo | None = None) -> Iterator[Frame
     without a timestamp get the previous frame's time plus ``1 / fps``. Undecodable packets
     are skipped and reported in one warning at the end, as is a video that stops well before its
     declared duration (a truncated file yields the frames that decode); a file where not one frame
-    decodes raises :class:`AvemoError`. Pass ``info`` from :func:`probe` to skip probing again.
+    decodes raises :class:`InputError`. Pass ``info`` from :func:`probe` to skip probing again.
     """
     path = Path(path)
     info = info or probe(path)

@@ -269,14 +269,15 @@ def test_faces_and_annotate_keep_rows_for_lost_frames(tmp_path, carphone):
     """Faces found in the damaged file are those of the intact file at the same numbers."""
     from avemo.annotate import annotate
     from avemo.face.detect import build_detector
-    from avemo.face.scan import detect_tracks, save_crops, scan_faces
+    from avemo.face.scan import detect_tracks, save_crops
+    from avemo.faces import faces as scan_faces
 
     path = damaged_intra(tmp_path / "talk.ts", media.carphone_frames(carphone, 90))
-    intact = scan_faces(tmp_path / "intact.ts", build_detector())
+    intact = scan_faces(tmp_path / "intact.ts", device="cpu")
     decoded = np.array([f.index for f in iter_frames(path)])
     lost = sorted(set(range(decoded[-1] + 1)) - set(decoded))
     assert lost
-    table = scan_faces(path, build_detector())
+    table = scan_faces(path, device="cpu")
     assert table["frame"].tolist() == list(range(decoded[-1] + 1))
     steps = np.diff(table["timestamp"])
     assert np.abs(steps - 1 / media.FPS).max() < 2e-6
