@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -498,6 +498,19 @@ def _presentation_times(
             yield give()
     while held:
         yield give()
+
+
+def frame_times(frames: Iterable[Frame]) -> np.ndarray:
+    """The timestamp of every frame number of a video, frames lost to damage included (their
+    numbers are left free by :func:`iter_frames`; their times are placed evenly between the
+    neighbouring decoded frames'), from the frames' stream."""
+    times: list[float] = []
+    for frame in frames:
+        if frame.index > len(times) and times:
+            gap, last = frame.index - len(times) + 1, times[-1]
+            times.extend(last + (frame.time - last) * k / gap for k in range(1, gap))
+        times.append(frame.time)
+    return np.asarray(times, dtype=np.float64)
 
 
 class _MonoChunks:

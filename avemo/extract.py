@@ -251,7 +251,7 @@ def extract_video(
     from tqdm import tqdm
 
     from avemo.clips import window_has_face
-    from avemo.decode import AudioReader, iter_frames, probe
+    from avemo.decode import AudioReader, frame_times, iter_frames, probe
     from avemo.face.align import align
 
     if source.crops is None:
@@ -261,7 +261,7 @@ def extract_video(
     else:
         reader = CropReader(source.crops, engine.size)
         info = probe(source.video)
-        times = np.array([frame.time for frame in iter_frames(source.video, info=info)])
+        times = frame_times(iter_frames(source.video, info=info))  # lost frames keep numbers
         decoded = len(times)
         last = max(reader.frames) + 1
         if last > len(times):  # crops past the decoded frames: extend the clock at the frame rate
@@ -294,13 +294,17 @@ def extract_video(
     )
     with bar, audio or nullcontext():
         if source.crops is None:
-            frames = iter_frames(source.video, info=info)
-            for frame in frames:
-                if frame.index >= n:
-                    break
-                index = frame.index
-                crop = align(frame.image, track.landmarks[index], engine.size)
-                for batch in stream.push(index, crop if stream.needed[index] else None):
+            frames, pending = iter(iter_frames(source.video, info=info)), None
+            for index in range(n):  # every frame number; a number lost to damage has no image
+                if pending is None:
+                    pending = next(frames, None)
+                image = None
+                if pending is not None and pending.index == index:
+                    image, pending = pending.image, None
+                crop = None
+                if stream.needed[index]:  # never a lost frame: no face where there is no image
+                    crop = align(image, track.landmarks[index], engine.size)
+                for batch in stream.push(index, crop):
                     out.add(*batch)
                 bar.update()
         else:

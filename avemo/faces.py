@@ -8,6 +8,7 @@ which ``avemo extract --crops`` reads back. The stages are :mod:`avemo.face`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +17,8 @@ import pandas as pd
 
 from avemo.errors import AvemoError
 from avemo.face.scan import DETECT_EVERY_FACES, crops_folder
+
+log = logging.getLogger("avemo")
 
 TABLE_SUFFIX = ".faces.csv"
 DEFAULT_CROP_SIZE = 112  # px, the R(2+1)D path's crops (224 for I3D)
@@ -92,6 +95,9 @@ def faces_videos(
         if save_crops:
             for track in scan.tracks(max_faces):
                 folder = crops_folder(job.output_stem, track.face_id)
+                if folder.exists() and not overwrite:  # skipped like any existing output
+                    log.info("%s exists: its crops are kept (--overwrite replaces them)", folder)
+                    continue
                 write_crops(job.source, track, folder, crop_size)
         writer.write(faces_table(scan, max_faces), job.output(TABLE_SUFFIX))
 

@@ -118,6 +118,30 @@ def test_save_crops(tmp_path, carphone):
     assert cv2.imread(str(crops[0])).shape == (112, 112, 3)
 
 
+def test_save_crops_into_a_folder_avemo_did_not_write(tmp_path, carphone):
+    """An existing OUT/<stem>/ is an output like any other: skipped without --overwrite; with
+    it only avemo's own %05d.jpg crops are replaced, never the user's files."""
+    out = tmp_path / "out"
+    folder = out / "carphone_pristine"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "notes" / "keep.txt").write_text("the user's")
+    (folder / "README.txt").write_text("the user's too")
+    (folder / "99999.jpg").write_bytes(b"an old crop of a frame that has none now")
+    result = run(carphone, "-o", out, "--save-crops", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert (out / "carphone_pristine.faces.csv").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == ["99999.jpg", "README.txt", "notes"]
+    result = run(carphone, "-o", out, "--save-crops", "--overwrite", *FAST)
+    assert result.exit_code == 0, result.stderr
+    names = sorted(p.name for p in folder.iterdir())
+    assert "README.txt" in names and "notes" in names and "99999.jpg" not in names
+    assert (folder / "notes" / "keep.txt").read_text() == "the user's"
+    assert (folder / "README.txt").read_text() == "the user's too"
+    crops = [n for n in names if n.endswith(".jpg")]
+    assert len(crops) > 100 and cv2.imread(str(folder / crops[0])).shape == (112, 112, 3)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no parts left
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

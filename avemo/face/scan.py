@@ -44,6 +44,7 @@ DETECT_EVERY_FACES = 1
 DETECT_EVERY_ANNOTATE = 2
 CROP_QUALITY = 95  # JPEG quality of saved crops
 NO_FACE_ID = -1  # face_id of the rows of a video without any face
+CROP_NAME = re.compile(r"^\d{5}\.jpg$")  # the crops avemo writes (save_crops)
 OTHER_FACE = re.compile(r"_face\d+$")  # crops folder suffix of face k > 0 (crops_folder)
 NUM_LANDMARKS = 5
 TABLE_COLUMNS = [
@@ -348,9 +349,13 @@ def save_crops(
     path: str | os.PathLike, track: FaceTrack, folder: str | os.PathLike, size: int = 112
 ) -> int:
     """Write ``track``'s aligned crops as ``folder/%05d.jpg`` (1-based frame numbers, Aff-Wild2
-    layout); frames without the face get no file. The folder appears complete or not at all
-    (written under a temporary name, then renamed; an existing folder is replaced). Returns the
-    number of crops written."""
+    layout); frames without the face get no file. Returns the number of crops written.
+
+    A new folder appears complete or not at all (written under a temporary name, then renamed).
+    Into an existing folder, only avemo's own crops (``%05d.jpg`` names) are replaced, each file
+    atomically, and crops of frames that no longer have the face are removed; any other file
+    or folder in it is left alone.
+    """
     from avemo.files import make_part_dir
 
     folder = Path(folder)
@@ -366,11 +371,13 @@ def save_crops(
             ):
                 raise AvemoError("cannot write a face crop", target)
             count += 1
-        if folder.exists():
-            old = make_part_dir(folder)  # holds the replaced folder until the new one is in place
-            os.replace(folder, old / folder.name)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+        if folder.is_dir():
+            written = {p.name for p in tmp.iterdir()}
+            for name in sorted(written):
+                os.replace(tmp / name, folder / name)
+            for old in folder.iterdir():
+                if CROP_NAME.match(old.name) and old.name not in written and old.is_file():
+                    old.unlink()
         else:
             os.replace(tmp, folder)
     finally:
