@@ -4,7 +4,8 @@ Every batch command (``faces``, ``annotate``, ``extract``) follows the same rule
 mix of files and folders (folders searched recursively by video extension), the input
 ``<root>/<rel>/<stem>.<ext>`` maps to ``OUT/<rel>/<stem><suffix>``, existing outputs are skipped
 unless ``overwrite``, every output is written to a temporary file and renamed into place, and one
-failing file never stops the others.
+failing file never stops the others. Jobs run here, one after the other, or through an executor
+(:mod:`avemo.cluster`: Ray tasks) that runs the same per-job function elsewhere.
 """
 
 from __future__ import annotations

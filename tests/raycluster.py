@@ -49,7 +49,9 @@ def _processes() -> dict[int, tuple[int, str]]:
 class Cluster:
     """Head + one worker node, 1 CPU each; ``env`` is what a driver needs (address, token)."""
 
-    def __init__(self, cpus_per_node: int = 1, nodes: int = 2):
+    def __init__(self, cpus_per_node: int = 1, nodes: int = 2, worker_imports: tuple = ()):
+        """``worker_imports``: modules of tests/ that every Ray worker imports when it starts
+        (``tiny``: the tests' tiny backbones, registered in the worker's model registry)."""
         self.temp = tempfile.mkdtemp(prefix="avemo-ray-")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -60,6 +62,19 @@ class Cluster:
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         self.env.pop("RAY_ADDRESS", None)
+        if worker_imports:
+            hook = Path(self.temp) / "hook"
+            hook.mkdir()
+            tests = str(Path(__file__).resolve().parent)
+            (hook / "sitecustomize.py").write_text(
+                "import sys\n"
+                "if any(arg.endswith('default_worker.py') for arg in sys.argv):\n"
+                f"    sys.path.insert(0, {tests!r})\n"
+                + "".join(f"    import {name}  # noqa: F401\n" for name in worker_imports)
+            )
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(hook), self.env.get("PYTHONPATH")])
+            )
         ray = str(Path(sys.executable).parent / "ray")
         common = [
             f"--num-cpus={cpus_per_node}",

@@ -85,7 +85,7 @@ def test_cli_ray_options_without_ray_are_a_usage_error(carphone, tmp_path):
 @pytest.fixture(scope="module")
 def ray_cluster():
     """Two nodes of 1 CPU; this process is a driver too (token in its environment)."""
-    started = raycluster.Cluster()
+    started = raycluster.Cluster(worker_imports=("tiny",))
     saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=started.env["RAY_AUTH_TOKEN"])
     try:
@@ -212,3 +212,28 @@ def test_faces_on_ray_is_the_local_run(ray_cluster, folder, tmp_path):
     for name in GOOD:
         csv = f"{name}.faces.csv"
         assert (tmp_path / "here" / csv).read_bytes() == (tmp_path / "there" / csv).read_bytes()
+
+
+@pytest.mark.ray
+def test_extract_on_ray_is_the_local_run(ray_cluster, folder, tmp_path):
+    import numpy as np
+    import tiny
+
+    from avemo.cache import read_features
+    from avemo.extract import extract
+
+    trained = tiny.trained_pipeline(tmp_path / "tiny.safetensors")
+    options = {"pipeline": trained, "device": "cpu", "progress": False, "detect_every": 4}
+    here = extract([folder], None, tmp_path / "here", **options)
+    there = extract([folder], None, tmp_path / "there", ray=ray_cluster.address, **options)
+    assert [len(r.done) for r in (here, there)] == [3, 3]
+    assert [len(r.failed) for r in (here, there)] == [2, 2]
+    assert sorted(there.workers) and all(w["model_loads"] == 1 for w in there.workers.values())
+    for name in GOOD:
+        ours, theirs = (read_features(tmp_path / d / f"{name}.npz") for d in ("here", "there"))
+        assert ours.info == theirs.info
+        for field in ("audio", "visual", "frame", "face"):
+            assert np.array_equal(getattr(ours, field), getattr(theirs, field))
+    assert (tmp_path / "here" / "cache.json").read_text() == (
+        tmp_path / "there" / "cache.json"
+    ).read_text()
