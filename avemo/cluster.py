@@ -165,9 +165,12 @@ class RayExecutor:
                     job = pending.pop(ref)
                     try:
                         line, stats = ray.get(ref)
-                    except ray.exceptions.RayError as error:
+                    except ray.exceptions.RayTaskError as error:  # the task itself, not run
+                        cause = getattr(error, "cause", None) or error  # e.g. no avemo there
+                        line = f"on the Ray worker: {describe_error(cause)}"
+                    except ray.exceptions.RayError as error:  # the worker or its node died
                         line = (
-                            f"the Ray worker running it failed {self.retries + 1} time(s): "
+                            f"the Ray worker running it died {self.retries + 1} time(s): "
                             f"{describe_error(error)}"
                         )
                     else:
