@@ -348,6 +348,16 @@ def annotate_file(source: Path, stem: Path, *, fmt: str = "csv", **options) -> p
     return table
 
 
+def annotate_job(job, *, fmt: str = "csv", **options) -> dict:
+    """One video of a batch, as a picklable per-job function (what a Ray worker runs):
+    :func:`annotate_file`, and this process's model and detector loads so far."""
+    annotate_file(job.source, job.output_stem, fmt=fmt, **options)
+    return {
+        "model_loads": _load_module.cache_info().misses,
+        "detector_loads": _detector.cache_info().misses,
+    }
+
+
 def annotate_videos(
     inputs,
     output: str | os.PathLike,
@@ -356,13 +366,18 @@ def annotate_videos(
     fmt: str = "csv",
     overwrite: bool = False,
     progress: bool = True,
+    ray: str | None = None,
+    gpus_per_video: float | None = None,
+    cpus_per_video: float | None = None,
+    retries: int | None = None,
     **options,
 ):
     """The batch behind ``avemo annotate``: every video under ``inputs`` into ``output``.
 
     The model is resolved (and refused if untrained) once, before any file; per-file failures
-    are reported on one line each and never stop the batch. Returns the
-    :class:`avemo.batch.BatchResult`.
+    are reported on one line each and never stop the batch. ``ray``: run the videos on a Ray
+    cluster (:mod:`avemo.cluster`; ``gpus_per_video`` ... ``retries`` are its options). Returns
+    the :class:`avemo.batch.BatchResult`.
     """
     from tqdm import tqdm
 
@@ -379,9 +394,29 @@ def annotate_videos(
         )
     spec = resolve_model(model, allow_untrained=options.get("allow_untrained", False))
     _stride(options.get("stride"), spec.kind)
-    device = torch_device(options.get("device", "auto"))
-    _load_module(str(spec.path), spec.sha256, str(device))  # every tensor there and fitting
+    on_ray = ray is not None or (gpus_per_video, cpus_per_video, retries) != (None, None, None)
+    # every tensor there and fitting, before any video (on Ray with the CPU: the driver may
+    # have no GPU; locally on the device, so that the per-process cache is warm)
+    device = "cpu" if on_ray else str(torch_device(options.get("device", "auto")))
+    _load_module(str(spec.path), spec.sha256, device)
     jobs = plan(inputs, output)
+
+    def outputs(job) -> list[Path]:
+        return output_files(job.output_stem, fmt)
+
+    if on_ray:
+        from avemo import cluster
+
+        on_ray = cluster.executor(
+            ray,
+            device=options.get("device", "auto"),
+            gpus_per_video=gpus_per_video,
+            cpus_per_video=cpus_per_video,
+            retries=retries,
+            progress=progress,
+        )
+        job = functools.partial(annotate_job, fmt=fmt, model=spec, progress=False, **options)
+        return run_batch(jobs, job, outputs=outputs, overwrite=overwrite, executor=on_ray)
     bar = tqdm(total=len(jobs), unit="video", disable=not progress or len(jobs) < 2)
 
     def process(job) -> None:
@@ -391,9 +426,6 @@ def annotate_videos(
             )
         finally:
             bar.update()
-
-    def outputs(job) -> list[Path]:
-        return output_files(job.output_stem, fmt)
 
     try:
         return run_batch(jobs, process, outputs=outputs, overwrite=overwrite)

@@ -4,13 +4,16 @@ Every batch command (``faces``, ``annotate``, ``extract``) follows the same rule
 mix of files and folders (folders searched recursively by video extension), the input
 ``<root>/<rel>/<stem>.<ext>`` maps to ``OUT/<rel>/<stem><suffix>``, existing outputs are skipped
 unless ``overwrite``, every output is written to a temporary file and renamed into place, and one
-failing file never stops the others.
+failing file never stops the others. Jobs run here, one after the other, or through an executor
+(:mod:`avemo.cluster`: Ray tasks) that runs the same per-job function elsewhere.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -128,6 +131,7 @@ class BatchResult:
     skipped: list[Job] = field(default_factory=list)
     failed: list[tuple[Job, str]] = field(default_factory=list)
     seconds: float = 0.0
+    workers: dict[int, dict] = field(default_factory=dict)  # an executor's per-process stats
 
     @property
     def exit_code(self) -> int:
@@ -155,19 +159,44 @@ def run_batch(
     outputs: Callable[[Job], list[Path]],
     overwrite: bool = False,
     stream=None,
+    executor=None,
 ) -> BatchResult:
     """Call ``process(job)`` for each job whose outputs do not all exist yet (or ``overwrite``).
 
     Failures are reported as one line each on ``stream`` (stderr), prefixed with the source path
     unless the message already names it; set ``AVEMO_DEBUG=1`` to re-raise them instead.
+    ``executor``: run ``process`` elsewhere instead of here (an object whose
+    ``map(process, jobs)`` yields ``(job, error line or None)`` as jobs finish, e.g.
+    :class:`avemo.cluster.RayExecutor`); skipping, reporting and the result are the same.
     """
     stream = stream or sys.stderr
     result = BatchResult()
     start = time.perf_counter()
+    pending = []
     for job in jobs:
         if not overwrite and all(p.exists() for p in outputs(job)):
             result.skipped.append(job)
+        else:
+            pending.append(job)
+    for job, line in _local(process, pending) if executor is None else executor.map(
+        process, pending
+    ):
+        if line is None:
+            result.done.append(job)
+            remove_leftovers(outputs(job))
             continue
+        if str(job.source) not in line:
+            line = f"{job.source}: {line}"
+        print(f"error: {line}", file=stream, flush=True)
+        result.failed.append((job, line))
+    result.seconds = time.perf_counter() - start
+    result.workers = dict(getattr(executor, "stats", {}))
+    return result
+
+
+def _local(process: Callable[[Job], object], jobs: list[Job]):
+    """Run the jobs here, one after the other: ``(job, error line or None)`` for each."""
+    for job in jobs:
         try:
             process(job)
         except KeyboardInterrupt:
@@ -175,12 +204,23 @@ def run_batch(
         except Exception as error:  # one failing file never stops the batch
             if os.environ.get("AVEMO_DEBUG"):
                 raise
-            line = describe_error(error)
-            if str(job.source) not in line:
-                line = f"{job.source}: {line}"
-            print(f"error: {line}", file=stream, flush=True)
-            result.failed.append((job, line))
+            yield job, describe_error(error)
         else:
-            result.done.append(job)
-    result.seconds = time.perf_counter() - start
-    return result
+            yield job, None
+
+
+PART_RANDOM = 8  # characters that tempfile.mkstemp/mkdtemp put between prefix and suffix
+
+
+def remove_leftovers(paths: Iterable[Path]) -> None:
+    """Remove the hidden temporary files (``.<name>.XXXXXXXX.part``, files.atomic_path) that an
+    attempt killed mid-write (kill -9, a dead Ray worker) left next to these finished outputs."""
+    for path in paths:
+        prefix = f".{path.name}."
+        for part in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+            if len(part.name) - len(prefix) - len(".part") != PART_RANDOM:
+                continue
+            if part.is_dir():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)

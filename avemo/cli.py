@@ -143,6 +143,43 @@ Progress = Annotated[
         "--progress/--no-progress", help="Progress bars (default: when stderr is a terminal)."
     ),
 ]
+# Ray (avemo.cluster; the `ray` extra): one task per video on a cluster, same outputs
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Run the videos on a Ray cluster: auto (RAY_ADDRESS, else a local Ray), "
+        "HOST:PORT or ray://HOST:PORT. OUT must be on a filesystem every node mounts.",
+        rich_help_panel="Ray",
+    ),
+]
+GpusPerVideo = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-video",
+        min=0.0,
+        help="GPUs per video task (0.25: four share a GPU); default: 1 if --device is cuda, "
+        "or auto on a cluster with GPUs, else 0.",
+        rich_help_panel="Ray",
+    ),
+]
+CpusPerVideo = Annotated[
+    float | None,
+    typer.Option(
+        "--cpus-per-video", min=0.0, help="CPUs per video task (default 1).",
+        rich_help_panel="Ray",
+    ),
+]
+Retries = Annotated[
+    int | None,
+    typer.Option(
+        "--retries",
+        min=0,
+        help="Run a video again this many times when its worker or node dies (default 3).",
+        rich_help_panel="Ray",
+    ),
+]
 
 
 @app.command()
@@ -199,6 +236,10 @@ def annotate(
     max_faces: MaxFaces = None,
     overwrite: Overwrite = False,
     progress: Progress = None,
+    ray: RayAddress = None,
+    gpus_per_video: GpusPerVideo = None,
+    cpus_per_video: CpusPerVideo = None,
+    retries: Retries = None,
 ) -> None:
     """Write per-frame valence and arousal for every video: OUT/<rel>/<stem>.csv (+ .json)."""
     from avemo.annotate import annotate_videos
@@ -222,6 +263,10 @@ def annotate(
                 detect_every=detect_every,
                 max_faces=max_faces,
                 progress=_progress(progress),
+                ray=ray,
+                gpus_per_video=gpus_per_video,
+                cpus_per_video=cpus_per_video,
+                retries=retries,
             ),
         )
     )
@@ -536,6 +581,10 @@ def faces(
     device: Device = None,
     overwrite: Overwrite = False,
     progress: Progress = None,
+    ray: RayAddress = None,
+    gpus_per_video: GpusPerVideo = None,
+    cpus_per_video: CpusPerVideo = None,
+    retries: Retries = None,
 ) -> None:
     """Detect and track faces: OUT/<rel>/<stem>.faces.csv per video, one row per frame and face."""
     from avemo.faces import faces_videos
@@ -556,6 +605,10 @@ def faces(
                 device=device,
                 overwrite=overwrite,
                 progress=_progress(progress),
+                ray=ray,
+                gpus_per_video=gpus_per_video,
+                cpus_per_video=cpus_per_video,
+                retries=retries,
             ),
         )
     )
@@ -605,6 +658,10 @@ def extract(
     threshold: Threshold = None,
     overwrite: Overwrite = False,
     progress: Progress = None,
+    ray: RayAddress = None,
+    gpus_per_video: GpusPerVideo = None,
+    cpus_per_video: CpusPerVideo = None,
+    retries: Retries = None,
 ) -> None:
     """Cache backbone features of every clip (one <video>.npz each) for `avemo train`."""
     from avemo.extract import extract as run
@@ -629,6 +686,10 @@ def extract(
                 threshold=threshold,
                 overwrite=overwrite,
                 progress=_progress(progress),
+                ray=ray,
+                gpus_per_video=gpus_per_video,
+                cpus_per_video=cpus_per_video,
+                retries=retries,
             ),
         )
     )

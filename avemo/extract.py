@@ -10,6 +10,7 @@ dominant face track, aligned in memory).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -349,6 +350,64 @@ def _sibling(output: Path, source: Source) -> Features | None:
     return None
 
 
+@functools.lru_cache(maxsize=2)
+def _engine(visual, audio, pipeline, device: str, batch_size: int, bf16: bool) -> FeatureEngine:
+    """The backbones, loaded once per process (a batch, or a Ray worker's many videos)."""
+    from avemo.devices import torch_device
+
+    device = torch_device(device)
+    backbones = load_backbones(visual, audio, pipeline=pipeline, device=device)
+    return FeatureEngine(backbones, device=device, batch_size=batch_size, bf16=bf16)
+
+
+@functools.lru_cache(maxsize=2)
+def _detector(name: str, model, size, threshold, device: str):
+    """The face detector, built once per process."""
+    from avemo.face.detect import build_detector
+
+    return build_detector(name, model, size=size, threshold=threshold, device=device)
+
+
+def extract_job(
+    job,
+    *,
+    work: dict,
+    output: Path,
+    engine: tuple,
+    detector: tuple | None,
+    detect_every: int,
+    progress: bool | None,
+) -> dict:
+    """One video of a batch, as a picklable per-job function (what a Ray worker runs).
+
+    ``work``: output stem -> :class:`Source` (or ``(name, problem)``); ``engine`` and
+    ``detector``: the arguments of the per-process caches. Returns this process's loads so far.
+    """
+    source = work[job.output_stem]
+    if not isinstance(source, Source):
+        raise AvemoError(source[1], source[0])
+    scratch = job.output(".visual.part.npy")
+    scratch = scratch.with_name("." + scratch.name)  # hidden: not a cache entry
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        features = extract_video(
+            source,
+            _engine(*engine),
+            detector=None if detector is None else _detector(*detector),
+            detect_every=detect_every,
+            progress=progress,
+            sibling=_sibling(output, source),
+            scratch=scratch,
+        )
+        write_features(job.output(FEATURE_SUFFIX), features)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return {
+        "model_loads": _engine.cache_info().misses,
+        "detector_loads": _detector.cache_info().misses,
+    }
+
+
 def extract(
     videos: Sequence[str | os.PathLike],
     crops: str | os.PathLike | None,
@@ -369,6 +428,10 @@ def extract(
     overwrite: bool = False,
     progress: bool | None = None,
     stream=None,
+    ray: str | None = None,
+    gpus_per_video: float | None = None,
+    cpus_per_video: float | None = None,
+    retries: int | None = None,
 ):
     """Extract the features of every crops folder (or every labelled video) into ``output``.
 
@@ -377,29 +440,50 @@ def extract(
     faces in the videos as ``avemo annotate`` does (``detector`` ... ``threshold``: its options).
     With ``labels`` (folders of ``<video>.txt``) only the labelled videos are extracted and a
     missing crops folder or video is an error. Videos already in the cache are skipped unless
-    ``overwrite``; returns the :class:`avemo.batch.BatchResult`.
+    ``overwrite``; ``ray``: extract the videos on a Ray cluster (:mod:`avemo.cluster`;
+    ``gpus_per_video`` ... ``retries`` are its options). Returns the
+    :class:`avemo.batch.BatchResult`.
     """
     from avemo.batch import Job, check_collisions, check_output, run_batch
     from avemo.dataset import label_files
     from avemo.devices import torch_device
-    from avemo.face.detect import build_detector
 
     output = Path(output)
-    device = torch_device(device)
+    on_ray = None
+    if ray is not None or (gpus_per_video, cpus_per_video, retries) != (None, None, None):
+        from avemo import cluster
+
+        on_ray = cluster.executor(
+            ray,
+            device=device,
+            gpus_per_video=gpus_per_video,
+            cpus_per_video=cpus_per_video,
+            retries=retries,
+            progress=bool(progress),
+        )
+    requested = str(device)
+    if on_ray is None:  # on Ray, each worker resolves the device on its own node
+        device = torch_device(device)
     names = sorted(label_files(labels)) if labels else None
     if crops is None:
         sources = video_sources(videos)
         if names is not None:
             found = {s.name: s for s in sources}
             sources = [found.get(n, (n, "no video file for this label file")) for n in names]
-        face_detector = build_detector(
-            detector, detector_model, size=detect_size, threshold=threshold, device=str(device)
-        )
+        # a Ray worker resolves the device it was given (auto: the GPU Ray assigned it)
+        detector_args = (
+            detector, detector_model, detect_size, threshold,
+            requested if on_ray else str(device),
+        )  # fmt: skip
+        _detector(*detector_args[:4], "cpu" if on_ray else str(device))  # options checked here
     else:
         sources = find_sources(videos, crops, names)
-        face_detector = None
-    backbones = load_backbones(visual, audio, pipeline=pipeline, device=device)
-    engine = FeatureEngine(backbones, device=device, batch_size=batch_size, bf16=bf16)
+        detector_args = None
+    engine_args = (visual, audio, pipeline, requested if on_ray else str(device), batch_size, bf16)
+    if on_ray:  # the driver only needs the backbones' description
+        backbones = load_backbones(visual, audio, pipeline=pipeline, device="cpu")
+    else:
+        backbones = _engine(*engine_args).backbones
     description = cache_description(backbones)
     description["precision"] = "bf16 autocast" if bf16 else "fp32"
     cache_json = output / CACHE_JSON
@@ -430,31 +514,20 @@ def extract(
         work[job.output_stem] = source
     check_collisions(jobs)
 
-    def process(job: Job) -> None:
-        source = work[job.output_stem]
-        if not isinstance(source, Source):
-            raise AvemoError(source[1], source[0])
-        scratch = job.output(".visual.part.npy")
-        scratch = scratch.with_name("." + scratch.name)  # hidden: not a cache entry
-        scratch.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            features = extract_video(
-                source,
-                engine,
-                detector=face_detector,
-                detect_every=detect_every,
-                progress=progress,
-                sibling=_sibling(output, source),
-                scratch=scratch,
-            )
-            write_features(job.output(FEATURE_SUFFIX), features)
-        finally:
-            scratch.unlink(missing_ok=True)
-
+    process = functools.partial(
+        extract_job,
+        work=work,
+        output=output,
+        engine=engine_args,
+        detector=detector_args,
+        detect_every=detect_every,
+        progress=False if on_ray else progress,
+    )
     return run_batch(
         jobs,
         process,
         outputs=lambda job: [job.output(FEATURE_SUFFIX)],
         overwrite=overwrite,
         stream=stream,
+        executor=on_ray,
     )

@@ -8,6 +8,7 @@ which ``avemo extract --crops`` reads back. The stages are :mod:`avemo.face`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable
@@ -47,6 +48,48 @@ def faces(
     return faces_table(scan, max_faces)
 
 
+@functools.lru_cache(maxsize=2)
+def _detector(name: str, model, size, threshold, device: str):
+    """The face detector, built once per process (a batch, or a Ray worker's many videos)."""
+    from avemo.face.detect import build_detector
+
+    return build_detector(name, model, size=size, threshold=threshold, device=device)
+
+
+def faces_job(
+    job,
+    *,
+    detector: str,
+    detector_model,
+    detect_size: int | None,
+    threshold: float | None,
+    device: str,
+    detect_every: int,
+    max_faces: int,
+    save_crops: bool,
+    crop_size: int,
+    progress: bool,
+    overwrite: bool = False,
+) -> dict:
+    """One video of a batch, as a picklable per-job function (what a Ray worker runs): its
+    faces table and crops; returns this process's detector loads so far."""
+    from avemo.face.scan import detect_tracks, faces_table
+    from avemo.face.scan import save_crops as write_crops
+    from avemo.writers import get_writer
+
+    found = _detector(detector, detector_model, detect_size, threshold, device)
+    scan = detect_tracks(job.source, found, detect_every=detect_every, progress=progress)
+    if save_crops:
+        for track in scan.tracks(max_faces):
+            folder = crops_folder(job.output_stem, track.face_id)
+            if folder.exists() and not overwrite:  # skipped like any existing output
+                log.info("%s exists: its crops are kept (--overwrite replaces them)", folder)
+                continue
+            write_crops(job.source, track, folder, crop_size)
+    get_writer("csv").write(faces_table(scan, max_faces), job.output(TABLE_SUFFIX))
+    return {"detector_loads": _detector.cache_info().misses}
+
+
 def faces_videos(
     inputs: Iterable[str | os.PathLike],
     output: str | os.PathLike,
@@ -63,42 +106,58 @@ def faces_videos(
     overwrite: bool = False,
     progress: bool = False,
     stream=None,
+    ray: str | None = None,
+    gpus_per_video: float | None = None,
+    cpus_per_video: float | None = None,
+    retries: int | None = None,
 ):
     """The batch behind ``avemo faces``: every video under ``inputs`` into ``output``.
 
     The detector is built (and its options checked) once, before any file; per-file failures
-    are reported on one line each and never stop the batch. Returns the
-    :class:`avemo.batch.BatchResult`.
+    are reported on one line each and never stop the batch. ``ray``: run the videos on a Ray
+    cluster (:mod:`avemo.cluster`; ``gpus_per_video`` ... ``retries`` are its options). Returns
+    the :class:`avemo.batch.BatchResult`.
     """
     from avemo.batch import plan, run_batch
     from avemo.face.align import CROP_SIZES
-    from avemo.face.detect import build_detector
-    from avemo.face.scan import detect_tracks, faces_table
-    from avemo.face.scan import save_crops as write_crops
-    from avemo.writers import get_writer
 
     inputs = list(inputs)
     if crop_size not in CROP_SIZES:
         raise AvemoError(f"--crop-size must be one of {', '.join(map(str, CROP_SIZES))}")
-    found = build_detector(
-        detector, detector_model, size=detect_size, threshold=threshold, device=device
-    )
     jobs = plan(inputs, output)
-    writer = get_writer("csv")
+    on_ray = None
+    if ray is not None or (gpus_per_video, cpus_per_video, retries) != (None, None, None):
+        from avemo import cluster
+
+        on_ray = cluster.executor(
+            ray,
+            device=device,
+            gpus_per_video=gpus_per_video,
+            cpus_per_video=cpus_per_video,
+            retries=retries,
+            progress=progress,
+        )
+    # options checked here, before any file (on Ray with the CPU: the driver may have no GPU)
+    _detector(detector, detector_model, detect_size, threshold, "cpu" if on_ray else device)
+    process = functools.partial(
+        faces_job,
+        detector=detector,
+        detector_model=detector_model,
+        detect_size=detect_size,
+        threshold=threshold,
+        device=device,
+        detect_every=detect_every,
+        max_faces=max_faces,
+        save_crops=save_crops,
+        crop_size=crop_size,
+        progress=progress and on_ray is None,
+        overwrite=overwrite,
+    )
 
     def outputs(job) -> list[Path]:
         table = [job.output(TABLE_SUFFIX)]
         return table + ([crops_folder(job.output_stem, 0)] if save_crops else [])
 
-    def process(job) -> None:
-        scan = detect_tracks(job.source, found, detect_every=detect_every, progress=progress)
-        if save_crops:
-            for track in scan.tracks(max_faces):
-                folder = crops_folder(job.output_stem, track.face_id)
-                if folder.exists() and not overwrite:  # skipped like any existing output
-                    log.info("%s exists: its crops are kept (--overwrite replaces them)", folder)
-                    continue
-                write_crops(job.source, track, folder, crop_size)
-        writer.write(faces_table(scan, max_faces), job.output(TABLE_SUFFIX))
-
-    return run_batch(jobs, process, outputs=outputs, overwrite=overwrite, stream=stream)
+    return run_batch(
+        jobs, process, outputs=outputs, overwrite=overwrite, stream=stream, executor=on_ray
+    )
