@@ -124,7 +124,6 @@ def faces_videos(
     inputs = list(inputs)
     if crop_size not in CROP_SIZES:
         raise AvemoError(f"--crop-size must be one of {', '.join(map(str, CROP_SIZES))}")
-    jobs = plan(inputs, output)
     on_ray = None
     if ray is not None or (gpus_per_video, cpus_per_video, retries) != (None, None, None):
         from avemo import cluster
@@ -139,6 +138,7 @@ def faces_videos(
         )
     # options checked here, before any file (on Ray with the CPU: the driver may have no GPU)
     _detector(detector, detector_model, detect_size, threshold, "cpu" if on_ray else device)
+    jobs = plan(inputs, output)  # the output folder is made only when the options are good
     process = functools.partial(
         faces_job,
         detector=detector,
