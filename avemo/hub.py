@@ -29,9 +29,6 @@ import contextlib
 import dataclasses
 import datetime
 import difflib
-import html.parser
-import http.client
-import http.cookiejar
 import json
 import logging
 import os
@@ -43,9 +40,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from avemo import __version__, models
+from avemo import models
+from avemo.download import Cut, Failed, fetch
 from avemo.errors import AvemoError, InputError
 from avemo.files import atomic_path, sha256_file
 from avemo.weights import DIRECTORY
@@ -55,12 +51,9 @@ log = logging.getLogger("avemo")
 MANIFEST_PATH = Path(str(DIRECTORY / "manifest.json"))
 MANIFEST_FORMAT = 1
 STATE_FILE = "state.json"  # in the cache: hashes recorded with --trust and verification stamps
-CHUNK_SIZE = 1 << 20  # bytes per read while downloading
 DEFAULT_TIMEOUT = 30.0  # s, for connecting and for each read
 DEFAULT_RETRIES = 3  # resumptions after a connection dropped mid-file, per URL
 MANIFEST_ENV = "AVEMO_MANIFEST"  # another manifest file instead of the packaged one
-MAX_CONFIRMATIONS = 2  # "large file" confirmation pages followed per request
-MAX_PAGE_BYTES = 1 << 20  # bytes of a web page read to find its download form
 
 # what a manifest file may hold: a component, or both backbones of one network (TSAV)
 COMPONENTS = models.COMPONENTS | {"backbones"}
@@ -525,209 +518,6 @@ def status(entry: Weights) -> str:
     return "partial" if entry.part_path.is_file() else "absent"
 
 
-# --- download ----------------------------------------------------------------------------------
-
-
-class _Cut(Exception):
-    """The connection dropped or stalled mid-file; the ``.part`` file is kept for resuming."""
-
-
-class _Failed(Exception):
-    """This URL cannot deliver the file (unreachable, HTTP error, a web page instead)."""
-
-
-class _RangeRefused(_Failed):
-    """HTTP 416: the partial file does not fit what the server has; start over."""
-
-
-def _unreachable(url: str, reason: object) -> _Failed:
-    host = urllib.parse.urlsplit(url).hostname
-    return _Failed(f"cannot reach {host} (offline? {reason})")
-
-
-def _open(
-    url: str, offset: int, timeout: float, opener: urllib.request.OpenerDirector | None = None
-) -> http.client.HTTPResponse:
-    headers = {"User-Agent": f"avemo/{__version__}", "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        if opener is not None:
-            return opener.open(request, timeout=timeout)
-        return urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as error:
-        error.close()
-        if error.code == 416 and offset:
-            raise _RangeRefused(f"HTTP 416 for bytes {offset}- of {url}") from None
-        raise _Failed(f"HTTP {error.code} {error.reason} from {url}") from None
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, TimeoutError):
-            raise _Failed(f"no answer from {url} within {timeout:g} s") from None
-        raise _unreachable(url, error.reason) from None
-    except TimeoutError:
-        raise _Failed(f"no answer from {url} within {timeout:g} s") from None
-    except (ConnectionError, http.client.HTTPException, OSError) as error:
-        raise _unreachable(url, error) from None
-
-
-class _PageForms(html.parser.HTMLParser):
-    """The forms (id, action, named inputs) and links of a web page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: list[dict] = []
-        self.links: list[str] = []
-        self._form: dict | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = {key: value or "" for key, value in attrs}
-        if tag == "form":
-            self._form = {"id": found.get("id"), "action": found.get("action"), "inputs": []}
-            self.forms.append(self._form)
-        elif tag == "input" and self._form is not None and found.get("name"):
-            if found.get("type", "").lower() == "hidden":  # what a submit sends as it is
-                self._form["inputs"].append((found["name"], found.get("value", "")))
-        elif tag == "a" and found.get("href"):
-            self.links.append(found["href"])
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self._form = None
-
-
-def confirmation_url(page: str, url: str) -> str | None:
-    """Where a file host's "large file" confirmation page leads, or None if it offers no way on.
-
-    Google Drive answers a file it cannot virus-scan with a page whose form
-    (``id="download-form"``, GET, hidden inputs ``id``, ``export``, ``confirm``, ``uuid``) leads
-    to the file; older pages link to ``/uc?export=download&confirm=TOKEN&id=...`` instead, or
-    carry a ``"downloadUrl"`` in their JSON. The form is submitted with its hidden inputs; links
-    are resolved against ``url``.
-    """
-    parser = _PageForms()
-    try:
-        parser.feed(page)
-        parser.close()
-    except Exception:  # a broken page: no way on
-        return None
-    for form in parser.forms:
-        names = {name for name, _ in form["inputs"]}
-        if form["id"] == "download-form" or "confirm" in names:
-            action = urllib.parse.urljoin(url, form["action"] or url)
-            query = urllib.parse.urlencode(form["inputs"])
-            joiner = "&" if urllib.parse.urlsplit(action).query else "?"
-            return f"{action}{joiner}{query}" if query else action
-    for href in parser.links:
-        if "confirm=" in href and "export=download" in href:
-            return urllib.parse.urljoin(url, href)
-    found = re.search(r'"downloadUrl":"([^"]+)"', page)
-    if found:
-        try:
-            return json.loads(f'"{found[1]}"')  # \u003d-style escapes
-        except json.JSONDecodeError:
-            return None
-    return None
-
-
-def _page_reason(page: str) -> str:
-    """What a file host's web page says went wrong (Drive's error caption), if anything."""
-    found = re.search(r'class="uc-error-subcaption"[^>]*>(.*?)<', page, flags=re.S)
-    if found and found[1].strip():
-        return found[1].strip()
-    return "a file host asking for a confirmation or a login"
-
-
-def _open_file(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
-    """``url`` opened for the file's bytes from ``offset``, following up to
-    :data:`MAX_CONFIRMATIONS` confirmation pages (cookies kept across them, as a browser does)."""
-    opener = urllib.request.build_opener(
-        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
-    )
-    current = url
-    for _ in range(MAX_CONFIRMATIONS + 1):
-        response = _open(current, offset, timeout, opener)
-        if response.headers.get_content_type() != "text/html":
-            return response
-        with response:
-            try:
-                raw = response.read(MAX_PAGE_BYTES)
-            except (TimeoutError, OSError, http.client.HTTPException) as error:
-                raise _Failed(f"{url}: web page unreadable ({type(error).__name__})") from None
-        page = raw.decode(response.headers.get_content_charset() or "utf-8", "replace")
-        following = confirmation_url(page, current)
-        if following is None or urllib.parse.urlsplit(following).scheme not in {"http", "https"}:
-            raise _Failed(f"{url} answered with a web page, not the file ({_page_reason(page)})")
-        log.info("%s: following the file host's confirmation page", url)
-        current = following
-    raise _Failed(f"{url}: more than {MAX_CONFIRMATIONS} confirmation pages, not the file")
-
-
-def _content_range_start(response: http.client.HTTPResponse) -> tuple[int, int | None] | None:
-    """(start, total) from a 206's ``Content-Range: bytes START-END/TOTAL``."""
-    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", ""))
-    if not match:
-        return None
-    return int(match[1]), None if match[2] == "*" else int(match[2])
-
-
-def _fetch(entry: Weights, url: str, *, timeout: float, progress: bool | None) -> None:
-    """Bring ``entry.part_path`` to the complete file from ``url``, resuming what is there."""
-    part = entry.part_path
-    offset = part.stat().st_size if part.exists() else 0
-    if entry.size is not None and offset >= entry.size:
-        if offset == entry.size:
-            return  # complete already (interrupted before the rename); the hash decides
-        part.unlink()
-        offset = 0
-    try:
-        response = _open_file(url, offset, timeout)
-    except _RangeRefused:
-        part.unlink()
-        offset = 0
-        response = _open_file(url, 0, timeout)
-    with response:
-        length = response.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() else None
-        if offset and response.status == 206:
-            start, total = _content_range_start(response) or (None, None)
-            if start != offset:
-                raise _Failed(f"{url} resumed at the wrong offset ({start}, expected {offset})")
-        else:
-            offset, total = 0, length
-        if entry.size is not None and total is not None and total != entry.size:
-            raise _Failed(f"{url} serves {total} bytes, the manifest says {entry.size}")
-        with (
-            open(part, "ab" if offset else "wb") as out,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=entry.name,
-                disable=None if progress is None else not progress,
-                leave=False,
-            ) as bar,
-        ):
-            received = offset
-            try:
-                while chunk := response.read1(CHUNK_SIZE):
-                    out.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-                    if entry.size is not None and received > entry.size:
-                        out.close()
-                        part.unlink()
-                        raise _Failed(f"{url} sent more than the {entry.size} bytes expected")
-            except TimeoutError:
-                raise _Cut(f"no data for {timeout:g} s") from None
-            except (http.client.IncompleteRead, ConnectionError, OSError) as error:
-                raise _Cut(f"connection lost ({type(error).__name__})") from None
-        if total is not None and received < total:
-            raise _Cut(f"connection closed after {received} of {total} bytes")
-
-
 @contextlib.contextmanager
 def _exclusive(entry: Weights) -> Iterator[None]:
     """Hold a lock file so that two processes never write the same download.
@@ -830,7 +620,7 @@ def pull(
         for url in entry.urls:
             try:
                 _fetch_with_retries(entry, url, timeout=timeout, retries=retries, progress=progress)
-            except _Failed as failure:
+            except Failed as failure:
                 failures.append(str(failure))
                 continue
             part = entry.part_path
@@ -860,9 +650,12 @@ def _fetch_with_retries(
 ) -> None:
     for attempt in range(retries + 1):
         try:
-            _fetch(entry, url, timeout=timeout, progress=progress)
+            fetch(
+                url, entry.part_path, size=entry.size, name=entry.name, timeout=timeout,
+                progress=progress,
+            )  # fmt: skip
             return
-        except _Cut as cut:
+        except Cut as cut:
             kept = entry.part_path.stat().st_size if entry.part_path.exists() else 0
             if attempt == retries:
                 raise InputError(

@@ -19,7 +19,7 @@ from unittest import mock
 import loopback
 import pytest
 
-from avemo import cli, hub
+from avemo import cli, download, hub
 from avemo.errors import AvemoError
 from avemo.models import layouts
 
@@ -345,18 +345,18 @@ def test_confirmation_url_formats():
         '<input type="hidden" name="uuid" value="ab-c"></form>'
     )
     page_url = "https://drive.google.com/uc?export=download&id=1Tq"
-    assert hub.confirmation_url(form, page_url) == (
+    assert download.confirmation_url(form, page_url) == (
         "https://drive.usercontent.google.com/download?id=1Tq&export=download&confirm=t&uuid=ab-c"
     )
     link = '<a id="uc-download-link" href="/uc?export=download&amp;confirm=Xy_1&amp;id=1Tq">'
-    assert hub.confirmation_url(link, page_url) == (
+    assert download.confirmation_url(link, page_url) == (
         "https://drive.google.com/uc?export=download&confirm=Xy_1&id=1Tq"
     )
     json_page = '{"downloadUrl":"https://drive.usercontent.google.com/d?id\\u003d1Tq"}'
-    assert hub.confirmation_url(json_page, page_url) == (
+    assert download.confirmation_url(json_page, page_url) == (
         "https://drive.usercontent.google.com/d?id=1Tq"
     )
-    assert hub.confirmation_url("<html><body>Sign in</body></html>", page_url) is None
+    assert download.confirmation_url("<html><body>Sign in</body></html>", page_url) is None
 
 
 def test_pull_names_what_a_drive_error_page_says(server, tmp_path):
