@@ -355,8 +355,11 @@ def output_files(stem: Path, fmt: str) -> list[Path]:
     return [record, *(stem.parent / name for name in names)]
 
 
-def annotate_file(source: Path, stem: Path, *, fmt: str = "csv", **options) -> pd.DataFrame:
-    """Annotate ``source`` and write ``<stem>.<ext>`` and then ``<stem>.json``, each atomically."""
+def annotate_file(
+    source: Path, stem: Path, *, fmt: str = "csv", overlay: bool = False, **options
+) -> pd.DataFrame:
+    """Annotate ``source`` and write ``<stem>.<ext>`` (and ``<stem>.overlay.mp4`` with
+    ``overlay``: :func:`avemo.render.render`), then ``<stem>.json``, each atomically."""
     from avemo.files import atomic_path
     from avemo.writers import get_writer
 
@@ -366,8 +369,14 @@ def annotate_file(source: Path, stem: Path, *, fmt: str = "csv", **options) -> p
     written = writer.write(table, stem.with_name(stem.name + writer.extension))
     written = written if isinstance(written, list) else [written]
     record = dict(table.attrs["avemo"])
-    record["settings"] = {**record["settings"], "format": fmt}
+    record["settings"] = {**record["settings"], "format": fmt, "overlay": overlay}
     record["stages_s"] = {**record["stages_s"], "write": round(time.perf_counter() - start, 3)}
+    if overlay:
+        from avemo.render import overlay_path, render
+
+        start = time.perf_counter()
+        written.append(render(table, source, overlay_path(stem)))
+        record["stages_s"]["overlay"] = round(time.perf_counter() - start, 3)
     record["outputs"] = [Path(p).name for p in written]
     with atomic_path(provenance_path(stem)) as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -380,11 +389,13 @@ def annotate_videos(
     *,
     model=None,
     fmt: str = "csv",
+    overlay: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     **options,
 ):
-    """The batch behind ``avemo annotate``: every video under ``inputs`` into ``output``.
+    """The batch behind ``avemo annotate``: every video under ``inputs`` into ``output``
+    (``overlay``: also ``<stem>.overlay.mp4``).
 
     The model is resolved (and refused if untrained) once, before any file; per-file failures
     are reported on one line each and never stop the batch. Returns the
@@ -406,13 +417,22 @@ def annotate_videos(
     def process(job) -> None:
         try:
             annotate_file(
-                job.source, job.output_stem, fmt=fmt, model=spec, progress=progress, **options
+                job.source,
+                job.output_stem,
+                fmt=fmt,
+                overlay=overlay,
+                model=spec,
+                progress=progress,
+                **options,
             )
         finally:
             bar.update()
 
     def outputs(job) -> list[Path]:
-        return output_files(job.output_stem, fmt)
+        from avemo.render import overlay_path
+
+        extra = [overlay_path(job.output_stem)] if overlay else []
+        return output_files(job.output_stem, fmt) + extra
 
     try:
         return run_batch(jobs, process, outputs=outputs, overwrite=overwrite)
