@@ -28,7 +28,7 @@ log = logging.getLogger("avemo")
 
 TRACE_SECONDS = 10.0  # length of the scrolling trace
 ENCODERS = ("libx264", "mpeg4")  # first one FFmpeg has
-X264_OPTIONS = {"preset": "veryfast", "crf": "20"}
+X264_OPTIONS = {"preset": "ultrafast", "crf": "23"}  # fast enough for annotate --overlay
 MPEG4_BIT_RATE = 4_000_000  # bit/s for the fallback encoder
 TIME_TOLERANCE = 2e-3  # s: the table's timestamps must match the decoded frames' this closely
 # RGB colours
@@ -162,7 +162,7 @@ class Overlay:
         runs = [run for run in np.split(np.arange(len(ok)), breaks) if ok[run[0]]]
         lines = [points[run] for run in runs if len(run) > 1]
         if lines:
-            cv2.polylines(image, lines, False, color, self.thick, cv2.LINE_AA)
+            cv2.polylines(image, lines, False, color, self.thick, cv2.LINE_8)
         for run in runs:
             if len(run) == 1:
                 cv2.circle(image, tuple(points[run[0]]), self.thick, color, -1)
