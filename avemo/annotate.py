@@ -4,7 +4,10 @@ Two passes over the video keep memory flat: the first detects and tracks faces
 (:func:`avemo.face.scan.detect_tracks`), the second feeds each kept track's faces (and the audio)
 to a predictor (:mod:`avemo.predict`). Clip outputs on the ``stride`` grid are interpolated to
 every frame, clipped to [-1, 1] and smoothed with the reference box filter (SPEC 6); the
-unsmoothed values stay in ``valence_raw`` / ``arousal_raw``.
+unsmoothed values stay in ``valence_raw`` / ``arousal_raw``. The reliability columns come from
+the landmarks (:mod:`avemo.face.pose`), Silero VAD on the audio (:mod:`avemo.voice`) and the
+fusion head (:mod:`avemo.models.share`); ``overlay`` draws the result onto the video in a third
+pass (:mod:`avemo.render`).
 """
 
 from __future__ import annotations

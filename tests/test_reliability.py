@@ -207,3 +207,21 @@ def test_annotate_writes_every_reliability_column(talk_clip, tmp_path):
     (face,) = record["summary"]
     assert 0 < face["audio_share_mean"] < 1 and face["voice_mean"] > 0.3
     assert set(RELIABILITY) <= set(table.columns)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "dims"),
+    [
+        ("jca_tbiom", {"audio_dim": 16, "positions": 4, "joint_dim": 16, "hidden": 8}, (16, 64)),
+        ("concat", {"audio_dim": 16, "visual_dim": 24}, (16, 24)),
+        ("cross_attention", {"audio_dim": 16, "visual_dim": 24}, (16, 24)),
+        ("leader_follower", {"audio_dim": 16, "visual_dim": 24}, (16, 24)),
+    ],
+)
+def test_every_other_head_has_an_audio_share_too(name, kwargs, dims):
+    torch.manual_seed(0)
+    head = models.build(name, **kwargs).eval()
+    audio, visual = torch.randn(2, 16, dims[0]), torch.randn(2, 16, dims[1])
+    out, share = audio_share(head, audio, visual)
+    assert torch.allclose(out, head(audio, visual))
+    assert torch.all((share > 0) & (share < 1))
