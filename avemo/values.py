@@ -34,6 +34,7 @@ from avemo.clips import (
 from avemo.devices import autocast, to_device
 from avemo.face.align import align, expression_crop
 from avemo.features import Backbones, ClipStream, FeatureEngine
+from avemo.models.share import audio_share
 
 
 class Timer:
@@ -172,8 +173,10 @@ class FusionPredictor:
         batch_size: int,
         bf16: bool,
         timer: Timer,
+        share: bool = True,
     ) -> None:
         self.pipeline, self.device, self.bf16, self.timer = pipeline, device, bf16, timer
+        self.share = share  # also compute audio_share (avemo.models.share) per clip
         engine = FeatureEngine(
             Backbones.of_pipeline(pipeline),
             device=device,
@@ -194,6 +197,7 @@ class FusionPredictor:
         self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._dims: tuple[int, int] | None = None
         self.values = np.full((len(self.ends), 2), np.nan, np.float32)
+        self.shares = np.full((len(self.ends), 1), np.nan, np.float32)
 
     def push(self, index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
         """Feed frame ``index`` (RGB) with this track's 5 landmarks there (NaN without a face);
@@ -226,11 +230,18 @@ class FusionPredictor:
                 if int(end) in self._features:
                     audio[b, i], visual[b, i] = self._features.pop(int(end))
         with self.timer("head"), torch.inference_mode(), autocast(self.device, self.bf16):
-            out = self.pipeline.fuse(audio, visual).float().cpu().numpy()
+            if self.share:
+                out, share = audio_share(self.pipeline.head, audio, visual)
+                share = share.float().cpu().numpy()
+            else:
+                out = self.pipeline.fuse(audio, visual)
+            out = out.float().cpu().numpy()
         for b, seq in enumerate(seqs):
             for i, end in enumerate(seq):
                 if int(end) < self.num_frames:
                     self.values[int(end) // self.stride] = out[b, i]
+                    if self.share:
+                        self.shares[int(end) // self.stride] = share[b, i]
 
     def finish(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per-frame ``N x 2`` values, NaN on frames whose 32-frame window has no face."""
@@ -238,5 +249,10 @@ class FusionPredictor:
         for block in sorted(self.blocks):
             self._fuse(block)
         values = to_frames(self.ends, self.values, self.num_frames)
-        values[~window_has_face(self.present)] = np.nan
-        return values, {}
+        blank = ~window_has_face(self.present)
+        values[blank] = np.nan
+        if not self.share:
+            return values, {}
+        shares = to_frames(self.ends, self.shares, self.num_frames)[:, 0]
+        shares[blank] = np.nan
+        return values, {"audio_share": shares}

@@ -66,6 +66,18 @@ def av_clip(media_dir, carphone) -> Path:
 
 
 @pytest.fixture(scope="session")
+def talk_clip(media_dir, carphone) -> Path:
+    """4 s of carphone with synthetic speech (media.speech), mono AAC, mp4."""
+    return media.talk_clip(media_dir / "talk.mp4", carphone)
+
+
+@pytest.fixture(scope="session")
+def vad_clip(media_dir) -> Path:
+    """7 s of video whose audio is speech-like, silent, white noise, a tone (media.VAD_SEGMENTS)."""
+    return media.vad_clip(media_dir / "vad.mp4")
+
+
+@pytest.fixture(scope="session")
 def offset_audio_clip(media_dir) -> Path:
     """2 s of video; a 440 Hz tone starting media.AUDIO_OFFSET (0.5) s after the first frame."""
     return media.offset_audio_clip(media_dir / "offset_audio.mp4")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from scipy.signal import lfilter
 
 FPS = 30  # frames/s of the synthetic clips
 AUDIO_RATE = 48_000  # Hz; not 44.1 kHz, so that decoding has to resample
@@ -52,6 +53,72 @@ def speech_like(seconds: float, rate: int = AUDIO_RATE, seed: int = 0) -> np.nda
     envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2
     signal = 0.4 * envelope * voice / 2.6 + 0.01 * rng.standard_normal(len(t))
     return signal.astype(np.float32)
+
+
+# formant frequencies (Hz) of adult male vowels, Peterson & Barney (1952), and bandwidths
+VOWELS = {
+    "i": (270, 2290, 3010),
+    "e": (530, 1840, 2480),
+    "a": (730, 1090, 2440),
+    "o": (570, 840, 2410),
+    "u": (300, 870, 2240),
+}
+BANDWIDTHS = (60, 90, 120)
+
+
+def _resonate(x: np.ndarray, freqs, rate: int) -> np.ndarray:
+    """Cascade of second-order resonators at the formant frequencies."""
+    for f, bw in zip(freqs, BANDWIDTHS, strict=True):
+        r = np.exp(-np.pi * bw / rate)
+        theta = 2 * np.pi * f / rate
+        a = [1, -2 * r * np.cos(theta), r * r]
+        x = lfilter([1 - r], a, x)
+    return x
+
+
+def speech(seconds: float, rate: int = AUDIO_RATE, seed: int = 0) -> np.ndarray:
+    """Synthetic speech by source and filter: phrases of 0.8-1.8 s (pauses of 0.15-0.35 s
+    between) of 150-280 ms syllables, each an optional noise-burst consonant and a vowel (glottal
+    pulses at a falling 180 -> 100 Hz intonation through the vowel's three formant resonators);
+    mono float32, peak 0.3. Silero VAD and webrtcvad both call it speech."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * rate))
+    out = np.zeros(n)
+    t = 0
+    while t < n:
+        phrase = int(rng.uniform(0.8, 1.8) * rate)
+        end = min(n, t + phrase)
+        f0_start, f0_end = rng.uniform(140, 180), rng.uniform(95, 120)
+        pos = t
+        while pos < end:
+            syl = int(rng.uniform(0.15, 0.28) * rate)
+            syl = min(syl, end - pos)
+            if syl < rate // 50:
+                break
+            # consonant: a noise burst
+            cons = int(rng.uniform(0.03, 0.07) * rate) if rng.random() < 0.6 else 0
+            cons = min(cons, syl // 3)
+            if cons:
+                burst = rng.standard_normal(cons) * np.hanning(cons)
+                burst = lfilter([1, -0.95], [1], burst) * 0.15
+                out[pos : pos + cons] += burst
+            v0, vn = pos + cons, pos + syl
+            length = vn - v0
+            frac = (np.arange(v0, vn) - t) / max(1, end - t)
+            f0 = (f0_start + (f0_end - f0_start) * frac) * (1 + 0.01 * rng.standard_normal())
+            phase = np.cumsum(f0) / rate
+            pulses = np.diff(np.floor(phase), prepend=np.floor(phase[0])) > 0
+            source = lfilter([1], [1, -0.97], pulses.astype(float))  # glottal roll-off
+            source -= source.mean()
+            vowel = VOWELS["ieaou"[rng.integers(5)]]
+            voiced = _resonate(source, vowel, rate)
+            env = np.sin(np.pi * np.arange(length) / length) ** 0.5
+            voiced *= env
+            out[v0:vn] += voiced / (np.abs(voiced).max() + 1e-9) * rng.uniform(0.5, 1.0)
+            pos += syl
+        t = end + int(rng.uniform(0.15, 0.35) * rate)
+    out = 0.3 * out / (np.abs(out).max() + 1e-9) + 0.003 * rng.standard_normal(n)
+    return out.astype(np.float32)
 
 
 def tone(seconds: float, rate: int = AUDIO_RATE, freq: float = TONE_HZ) -> np.ndarray:
@@ -161,6 +228,35 @@ def av_clip(path: Path, carphone: Path) -> Path:
     return write_av(
         path, frames, fps=Fraction(30000, 1001), audio=[(0.0, stereo(speech_like(seconds)))]
     )
+
+
+# s: what the audio of vad_clip holds when
+VAD_SEGMENTS = {
+    "speech": (0.0, 2.5),
+    "silence": (2.5, 4.0),
+    "noise": (4.0, 5.5),
+    "tone": (5.5, 7.0),
+}
+NOISE_RMS = 0.1  # white noise of vad_clip
+
+
+def vad_clip(path: Path) -> Path:
+    """7 s of video; mono AAC audio in the VAD_SEGMENTS: speech-like, silence, white noise, tone."""
+    parts = {
+        "speech": speech(2.5),
+        "silence": np.zeros(int(1.5 * AUDIO_RATE), np.float32),
+        "noise": (NOISE_RMS * np.random.default_rng(3).standard_normal(int(1.5 * AUDIO_RATE))),
+        "tone": tone(1.5),
+    }
+    mono = np.concatenate([parts[name].astype(np.float32) for name in VAD_SEGMENTS])
+    return write_av(path, moving_frames(7 * FPS), audio=[(0.0, mono[None])])
+
+
+def talk_clip(path: Path, carphone: Path) -> Path:
+    """4 s of carphone (29.97 fps H.264) with mono AAC synthetic speech (speech()), mp4."""
+    frames = carphone_frames(carphone, 120)
+    seconds = len(frames) * 1001 / 30000
+    return write_av(path, frames, fps=Fraction(30000, 1001), audio=[(0.0, speech(seconds)[None])])
 
 
 def offset_audio_clip(path: Path) -> Path:

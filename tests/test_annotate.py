@@ -65,6 +65,15 @@ def test_default_model_on_a_real_clip(carphone):
     assert record["model"]["name"] == "fer-mini-xception"
     assert record["model"]["provenance"]["trained"] is True
     assert record["input"]["frames"] == len(table)
+    # reliability: carphone has no audio (voice 0, and the record says why); no fusion head
+    assert (table["voice"] == 0).all() and table["audio_share"].isna().all()
+    assert not record["voice"]["audio"] and "no audio stream" in record["voice"]["note"]
+    assert table.loc[table["success"] == 1, "face_frontal"].median() > 0.7
+    (face,) = record["summary"]
+    assert face["frames"] == len(table) and face["face_share"] == table["success"].mean()
+    quadrants = [face[f"share_{q}"] for q in ("positive_high", "negative_high", "negative_low")]
+    assert sum(quadrants) + face["share_positive_low"] == pytest.approx(1.0)
+    assert face["valence_q05"] <= face["valence_q50"] <= face["valence_q95"]
 
 
 @pytest.mark.parametrize(
