@@ -225,3 +225,21 @@ def test_every_other_head_has_an_audio_share_too(name, kwargs, dims):
     out, share = audio_share(head, audio, visual)
     assert torch.allclose(out, head(audio, visual))
     assert torch.all((share > 0) & (share < 1))
+
+
+def test_a_per_dimension_head_has_the_mean_share_of_its_two_heads():
+    torch.manual_seed(0)
+    spec = {"builder": "jca", "kwargs": {"audio_dim": 16, "visual_dim": 24, "seq_len": 16}}
+    head = models.build("per_dimension", valence=spec, arousal=spec).eval()
+    audio, visual = torch.randn(2, 16, 16), torch.randn(2, 16, 24)
+    out, share = audio_share(head, audio, visual)
+    assert torch.allclose(out, head(audio, visual))
+    _, valence = audio_share(head.valence, audio, visual)
+    _, arousal = audio_share(head.arousal, audio, visual)
+    assert torch.allclose(share, (valence + arousal) / 2)
+    with torch.no_grad():  # no audio weights in either head: 0
+        for part in (head.valence, head.arousal):
+            part.encoder1.weight.zero_()
+            part.encoder1.bias.zero_()
+    assert torch.all(audio_share(head, audio, visual)[1] == 0)
+

@@ -10,7 +10,9 @@ features of the whole sequence replaced by zeros,
     d_a = ||R - R_-a||,  d_v = ||R - R_-v||,  audio_share = d_a / (d_a + d_v)
 
 (NaN when both are 0): 0 when the representation does not depend on the audio at all, 1 when it
-does not depend on the face, 0.5 when removing either changes it as much. It is read off the head
+does not depend on the face, 0.5 when removing either changes it as much. A head made of one head
+per dimension (``per_dimension``: the CVPRW release's valence and arousal files) has the mean of
+its two heads' shares. It is read off the head
 itself, so a head whose audio weights are zero gives exactly 0 and one whose visual weights are
 zero gives exactly 1, whatever attention it uses.
 """
@@ -44,10 +46,17 @@ def fuse_with_representation(
     return out, seen[0]
 
 
+SUB_HEADS = ("valence", "arousal")  # a per-dimension head's heads (avemo.models.heads)
+
+
 def audio_share(
     head: nn.Module, audio: torch.Tensor, visual: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's output ``B x L x 2`` and ``audio_share`` ``B x L`` (module docstring)."""
+    parts = [getattr(head, name, None) for name in SUB_HEADS]
+    if all(isinstance(part, nn.Module) for part in parts):
+        shares = torch.stack([audio_share(part, audio, visual)[1] for part in parts])
+        return head(audio, visual), shares.nanmean(dim=0)
     out, fused = fuse_with_representation(head, audio, visual)
     _, no_audio = fuse_with_representation(head, torch.zeros_like(audio), visual)
     _, no_visual = fuse_with_representation(head, audio, torch.zeros_like(visual))
