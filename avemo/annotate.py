@@ -27,6 +27,7 @@ import torch
 from avemo import __version__
 from avemo.devices import torch_device
 from avemo.errors import AvemoError
+from avemo.face.detect import cached_detector
 from avemo.face.scan import DETECT_EVERY_ANNOTATE
 from avemo.features import DEFAULT_BATCH_SIZE
 from avemo.files import sha256_file
@@ -124,14 +125,6 @@ def _load_module(path: str, sha256: str, device: str) -> torch.nn.Module:
     return models.load(path, device=device)
 
 
-@functools.lru_cache(maxsize=2)
-def _detector(name: str, model, size, threshold, device: str):
-    """The face detector, built once per batch."""
-    from avemo.face.detect import build_detector
-
-    return build_detector(name, model, size=size, threshold=threshold, device=device)
-
-
 def _stride(stride: int | None, kind: str) -> int:
     """The stride to use for a ``kind`` of model, checked by the clip grid's own rule."""
     from avemo.clips import clip_ends
@@ -197,7 +190,7 @@ def annotate(
     bf16 = default_bf16(spec.kind, torch_dev) if bf16 is None else bool(bf16)
     timer = Timer()
 
-    found = _detector(detector, detector_model, detect_size, threshold, device)
+    found = cached_detector(detector, detector_model, detect_size, threshold, device)
 
     def detect(image):
         with timer("detect"):
@@ -397,7 +390,7 @@ def annotate_job(job, *, fmt: str = "csv", **options) -> dict:
     annotate_file(job.source, job.output_stem, fmt=fmt, **options)
     return {
         "model_loads": _load_module.cache_info().misses,
-        "detector_loads": _detector.cache_info().misses,
+        "detector_loads": cached_detector.cache_info().misses,
     }
 
 

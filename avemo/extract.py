@@ -31,6 +31,7 @@ from avemo.cache import (
     write_features,
 )
 from avemo.errors import AvemoError
+from avemo.face.detect import cached_detector
 from avemo.face.scan import DETECT_EVERY_ANNOTATE, OTHER_FACE
 from avemo.features import DEFAULT_BATCH_SIZE, Backbones, ClipStream, FeatureEngine, load_backbones
 from avemo.files import atomic_path
@@ -360,14 +361,6 @@ def _engine(visual, audio, pipeline, device: str, batch_size: int, bf16: bool) -
     return FeatureEngine(backbones, device=device, batch_size=batch_size, bf16=bf16)
 
 
-@functools.lru_cache(maxsize=2)
-def _detector(name: str, model, size, threshold, device: str):
-    """The face detector, built once per process."""
-    from avemo.face.detect import build_detector
-
-    return build_detector(name, model, size=size, threshold=threshold, device=device)
-
-
 def extract_job(
     job,
     *,
@@ -393,7 +386,7 @@ def extract_job(
         features = extract_video(
             source,
             _engine(*engine),
-            detector=None if detector is None else _detector(*detector),
+            detector=None if detector is None else cached_detector(*detector),
             detect_every=detect_every,
             progress=progress,
             sibling=_sibling(output, source),
@@ -404,7 +397,7 @@ def extract_job(
         scratch.unlink(missing_ok=True)
     return {
         "model_loads": _engine.cache_info().misses,
-        "detector_loads": _detector.cache_info().misses,
+        "detector_loads": cached_detector.cache_info().misses,
     }
 
 
@@ -475,7 +468,8 @@ def extract(
             detector, detector_model, detect_size, threshold,
             requested if on_ray else str(device),
         )  # fmt: skip
-        _detector(*detector_args[:4], "cpu" if on_ray else str(device))  # options checked here
+        # the options checked here, before any video
+        cached_detector(*detector_args[:4], "cpu" if on_ray else str(device))
     else:
         sources = find_sources(videos, crops, names)
         detector_args = None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from avemo.errors import AvemoError
+from avemo.face.detect import cached_detector
 from avemo.face.scan import DETECT_EVERY_FACES, crops_folder
 
 log = logging.getLogger("avemo")
@@ -48,14 +49,6 @@ def faces(
     return faces_table(scan, max_faces)
 
 
-@functools.lru_cache(maxsize=2)
-def _detector(name: str, model, size, threshold, device: str):
-    """The face detector, built once per process (a batch, or a Ray worker's many videos)."""
-    from avemo.face.detect import build_detector
-
-    return build_detector(name, model, size=size, threshold=threshold, device=device)
-
-
 def faces_job(
     job,
     *,
@@ -77,7 +70,7 @@ def faces_job(
     from avemo.face.scan import save_crops as write_crops
     from avemo.writers import get_writer
 
-    found = _detector(detector, detector_model, detect_size, threshold, device)
+    found = cached_detector(detector, detector_model, detect_size, threshold, device)
     scan = detect_tracks(job.source, found, detect_every=detect_every, progress=progress)
     if save_crops:
         for track in scan.tracks(max_faces):
@@ -87,7 +80,7 @@ def faces_job(
                 continue
             write_crops(job.source, track, folder, crop_size)
     get_writer("csv").write(faces_table(scan, max_faces), job.output(TABLE_SUFFIX))
-    return {"detector_loads": _detector.cache_info().misses}
+    return {"detector_loads": cached_detector.cache_info().misses}
 
 
 def faces_videos(
@@ -137,7 +130,7 @@ def faces_videos(
             progress=progress,
         )
     # options checked here, before any file (on Ray with the CPU: the driver may have no GPU)
-    _detector(detector, detector_model, detect_size, threshold, "cpu" if on_ray else device)
+    cached_detector(detector, detector_model, detect_size, threshold, "cpu" if on_ray else device)
     jobs = plan(inputs, output)  # the output folder is made only when the options are good
     process = functools.partial(
         faces_job,

@@ -11,6 +11,7 @@ graph is fixed at load time so that onnxruntime runs it at any size.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import logging
 import os
@@ -286,3 +287,16 @@ def build_detector(
             )
         return SCRFD(model, size, SCRFD_THRESHOLD if threshold is None else threshold, device)
     raise AvemoError(f"unknown detector {name!r}: use {' or '.join(DETECTORS)}")
+
+
+@functools.lru_cache(maxsize=2)
+def cached_detector(
+    name: str = "centerface",
+    model: str | os.PathLike | None = None,
+    size: int | None = None,
+    threshold: float | None = None,
+    device: str = "auto",
+):
+    """:func:`build_detector`, built once per process and settings (a batch's videos, or a Ray
+    worker's many videos, share it); ``cached_detector.cache_info().misses`` counts builds."""
+    return build_detector(name, model, size=size, threshold=threshold, device=device)
