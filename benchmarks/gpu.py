@@ -105,12 +105,12 @@ def train_pipeline(folder: Path, video: Path, device: str) -> Path:
 def shared_detector(detector):
     """Every annotate call in this block uses ``detector`` (the same crops on every device)."""
     annotate_module = importlib.import_module("avemo.annotate")  # avemo.annotate is a function
-    original = annotate_module._detector
-    annotate_module._detector = lambda *args, **kwargs: detector
+    original = annotate_module.cached_detector
+    annotate_module.cached_detector = lambda *args, **kwargs: detector
     try:
         yield
     finally:
-        annotate_module._detector = original
+        annotate_module.cached_detector = original
 
 
 @contextlib.contextmanager
