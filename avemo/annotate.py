@@ -432,10 +432,9 @@ def annotate_videos(
         )
     spec = resolve_model(model, allow_untrained=options.get("allow_untrained", False))
     _stride(options.get("stride"), spec.kind)
-    on_ray = ray is not None or (gpus_per_video, cpus_per_video, retries) != (None, None, None)
     # every tensor there and fitting, before any video (on Ray with the CPU: the driver may
     # have no GPU; locally on the device, so that the per-process cache is warm)
-    device = "cpu" if on_ray else str(torch_device(options.get("device", "auto")))
+    device = "cpu" if ray is not None else str(torch_device(options.get("device", "auto")))
     _load_module(str(spec.path), spec.sha256, device)
     jobs = plan(inputs, output)
 
@@ -445,17 +444,17 @@ def annotate_videos(
         extra = [overlay_path(job.output_stem)] if overlay else []
         return output_files(job.output_stem, fmt) + extra
 
-    if on_ray:
-        from avemo import cluster
+    from avemo import cluster  # light: it imports Ray only for an address
 
-        on_ray = cluster.executor(
-            ray,
-            device=options.get("device", "auto"),
-            gpus_per_video=gpus_per_video,
-            cpus_per_video=cpus_per_video,
-            retries=retries,
-            progress=progress,
-        )
+    on_ray = cluster.executor(
+        ray,
+        device=options.get("device", "auto"),
+        gpus_per_video=gpus_per_video,
+        cpus_per_video=cpus_per_video,
+        retries=retries,
+        progress=progress,
+    )
+    if on_ray is not None:
         job = functools.partial(
             annotate_job, fmt=fmt, overlay=overlay, model=spec, progress=False, **options
         )

@@ -442,18 +442,16 @@ def extract(
     from avemo.devices import torch_device
 
     output = Path(output)
-    on_ray = None
-    if ray is not None or (gpus_per_video, cpus_per_video, retries) != (None, None, None):
-        from avemo import cluster
+    from avemo import cluster  # light: it imports Ray only for an address
 
-        on_ray = cluster.executor(
-            ray,
-            device=device,
-            gpus_per_video=gpus_per_video,
-            cpus_per_video=cpus_per_video,
-            retries=retries,
-            progress=bool(progress),
-        )
+    on_ray = cluster.executor(
+        ray,
+        device=device,
+        gpus_per_video=gpus_per_video,
+        cpus_per_video=cpus_per_video,
+        retries=retries,
+        progress=bool(progress),
+    )
     requested = str(device)
     if on_ray is None:  # on Ray, each worker resolves the device on its own node
         device = torch_device(device)

@@ -117,18 +117,16 @@ def faces_videos(
     inputs = list(inputs)
     if crop_size not in CROP_SIZES:
         raise AvemoError(f"--crop-size must be one of {', '.join(map(str, CROP_SIZES))}")
-    on_ray = None
-    if ray is not None or (gpus_per_video, cpus_per_video, retries) != (None, None, None):
-        from avemo import cluster
+    from avemo import cluster  # light: it imports Ray only for an address
 
-        on_ray = cluster.executor(
-            ray,
-            device=device,
-            gpus_per_video=gpus_per_video,
-            cpus_per_video=cpus_per_video,
-            retries=retries,
-            progress=progress,
-        )
+    on_ray = cluster.executor(
+        ray,
+        device=device,
+        gpus_per_video=gpus_per_video,
+        cpus_per_video=cpus_per_video,
+        retries=retries,
+        progress=progress,
+    )
     # options checked here, before any file (on Ray with the CPU: the driver may have no GPU)
     cached_detector(detector, detector_model, detect_size, threshold, "cpu" if on_ray else device)
     jobs = plan(inputs, output)  # the output folder is made only when the options are good
