@@ -174,7 +174,9 @@ class RayExecutor:
                             f"{describe_error(error)}"
                         )
                     else:
-                        self.stats[stats["pid"]] = stats
+                        # merged: a failed job reports no load counts, so it must not erase
+                        # those of the good jobs this process ran before
+                        self.stats.setdefault(stats["pid"], {}).update(stats)
                     bar.update()
                     yield job, line
         finally:

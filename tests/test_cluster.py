@@ -228,7 +228,9 @@ def test_extract_on_ray_is_the_local_run(ray_cluster, folder, tmp_path):
     there = extract([folder], None, tmp_path / "there", ray=ray_cluster.address, **options)
     assert [len(r.done) for r in (here, there)] == [3, 3]
     assert [len(r.failed) for r in (here, there)] == [2, 2]
-    assert sorted(there.workers) and all(w["model_loads"] == 1 for w in there.workers.values())
+    # a process that only met the broken files never returned its counts (its jobs raised)
+    loaded = [w for w in there.workers.values() if "model_loads" in w]
+    assert loaded and all(w["model_loads"] == 1 for w in loaded)
     for name in GOOD:
         ours, theirs = (read_features(tmp_path / d / f"{name}.npz") for d in ("here", "there"))
         assert ours.info == theirs.info
