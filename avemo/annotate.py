@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from avemo import __version__
-from avemo.devices import torch_device
+from avemo.backends import parse_backend
+from avemo.devices import resolve
 from avemo.errors import AvemoError
 from avemo.face.detect import cached_detector
 from avemo.face.scan import DETECT_EVERY_ANNOTATE
@@ -109,19 +109,28 @@ def check_runnable(spec: Model, *, allow_untrained: bool = False) -> None:
         )
 
 
-def default_bf16(kind: str, device: torch.device) -> bool:
-    """bf16 autocast unless asked otherwise: for pipelines on hardware with native bf16, where
-    it runs the 3D backbones about twice as fast; the small expression model stays float32."""
-    from avemo.devices import native_bf16
+def default_bf16(kind: str, device: str) -> bool:
+    """bf16 unless asked otherwise: for pipelines on hardware with native bf16, where it runs
+    the 3D backbones about twice as fast; the small expression model stays float32."""
+    if kind != "pipeline":
+        return False
+    from avemo.devices import native_bf16, torch_device
 
-    return kind == "pipeline" and native_bf16(device)
+    return native_bf16(torch_device(device))
 
 
 @functools.lru_cache(maxsize=2)
-def _load_module(path: str, sha256: str, device: str) -> torch.nn.Module:
-    """The checkpoint's module on ``device``, loaded once per batch (keyed by content)."""
+def _load_module(path: str, sha256: str, device: str, backend: str = "auto", bf16: bool = False):
+    """What runs the checkpoint, loaded once per batch (keyed by content and settings): the
+    expression model on its backend (no torch once its conversion is cached), or a pipeline as
+    a torch module whose networks load on their backends when first used."""
     from avemo import models
 
+    if models.read_header(path)["component"] == "expression":
+        from avemo.backends import load
+        from avemo.values import expression_source
+
+        return load(expression_source(path, sha256), backend=backend, device=device, bf16=bf16)
     return models.load(path, device=device)
 
 
@@ -155,6 +164,7 @@ def annotate(
     progress: bool = False,
     allow_untrained: bool = False,
     reliability: bool = True,
+    backend: str = "auto",
 ) -> pd.DataFrame:
     """Per-frame valence/arousal of the video at ``path``: one row per frame per face (frames
     lost to damage included, with NaN: see :class:`avemo.decode.Frame` for the numbering).
@@ -165,7 +175,8 @@ def annotate(
     of the expression model). NaN where there is no prediction. ``DataFrame.attrs["avemo"]`` holds
     the provenance record (what :func:`annotate_file` writes as JSON), with a per-face
     ``summary`` (:func:`avemo.summary.summarize_table`). ``reliability=False`` leaves ``voice``
-    and ``audio_share`` NaN without computing them (for speed comparisons).
+    and ``audio_share`` NaN without computing them (for speed comparisons). ``backend``: which
+    runtime runs each network (:mod:`avemo.backends`; ``auto``: the fastest installed).
     """
     from avemo.decode import AudioReader, iter_frames
     from avemo.face.pose import face_frontal, face_size
@@ -185,12 +196,13 @@ def annotate(
         model = resolve_model(model, allow_untrained=allow_untrained)
     spec = model
     stride = _stride(stride, spec.kind)
-    torch_dev = torch_device(device)
-    net = _load_module(str(spec.path), spec.sha256, str(torch_dev))
-    bf16 = default_bf16(spec.kind, torch_dev) if bf16 is None else bool(bf16)
+    backend = parse_backend(backend)
+    where = resolve(device)
+    bf16 = default_bf16(spec.kind, where) if bf16 is None else bool(bf16)
+    net = _load_module(str(spec.path), spec.sha256, where, backend, bf16)
     timer = Timer()
 
-    found = cached_detector(detector, detector_model, detect_size, threshold, device)
+    found = cached_detector(detector, detector_model, detect_size, threshold, device, backend)
 
     def detect(image):
         with timer("detect"):
@@ -214,9 +226,7 @@ def annotate(
                         net,
                         track.present,
                         stride=stride,
-                        device=torch_dev,
                         batch_size=batch_size * EXPRESSION_BATCH_FACTOR,
-                        bf16=bf16,
                         timer=timer,
                     )
                 )
@@ -230,11 +240,13 @@ def annotate(
                         scan.info.fps,
                         readers[-1],
                         stride=stride,
-                        device=torch_dev,
+                        device=where,
                         batch_size=batch_size,
                         bf16=bf16,
                         timer=timer,
                         share=reliability,
+                        backend=backend,
+                        sha256=spec.sha256,
                     )
                 )
         frames = iter_frames(path, info=scan.info) if tracks else iter(())
@@ -250,6 +262,7 @@ def annotate(
                     predictor.push(index, frame.image, track.landmarks[index])
             expected = frame.index + 1
         outputs = [predictor.finish() for predictor in predictors]
+        runtimes = _runtimes(found, net, predictors)
         if readers:  # what the audio reader found: no audio stream, seconds of silence filled in
             audio_state.update(audio_missing=readers[0].missing, audio_gaps=readers[0].gaps)
     finally:
@@ -289,9 +302,11 @@ def annotate(
     settings = {
         "stride": stride,
         "smooth": smooth,
-        "device": str(torch_dev),
+        "device": where,
         "batch_size": batch_size,
         "bf16": bf16,
+        "backend": backend,
+        "runtimes": runtimes,
         "detector": detector,
         "detector_model": str(detector_model) if detector_model else None,
         "detect_size": detect_size,
@@ -334,6 +349,30 @@ def annotate(
         "stages_s": {k: round(v, 3) for k, v in timer.seconds.items()},
     }
     return table
+
+
+def _runtimes(detector, net, predictors) -> dict:
+    """Which runtime ran each network, in which precision (the provenance's ``runtimes``)."""
+
+    def describe(network) -> str:
+        return f"{network.backend} {network.precision}"
+
+    out = {
+        "detector": describe(detector.network)
+        if hasattr(detector, "network")
+        else "onnxruntime float32"
+    }
+    if hasattr(net, "backend"):
+        out["expression"] = describe(net)
+    for predictor in predictors:
+        engine = getattr(getattr(predictor, "stream", None), "engine", None)
+        if engine is not None:
+            out["visual"], out["audio"] = describe(engine.visual), describe(engine.audio)
+            runtimes = predictor.pipeline.__dict__.get("avemo_runtimes", {})
+            heads = [v for k, v in runtimes.items() if k[0] == "head"]
+            if heads:
+                out["head"] = describe(heads[-1])
+    return out
 
 
 def provenance_path(stem: Path) -> Path:
@@ -433,9 +472,13 @@ def annotate_videos(
     spec = resolve_model(model, allow_untrained=options.get("allow_untrained", False))
     _stride(options.get("stride"), spec.kind)
     # every tensor there and fitting, before any video (on Ray with the CPU: the driver may
-    # have no GPU; locally on the device, so that the per-process cache is warm)
-    device = "cpu" if ray is not None else str(torch_device(options.get("device", "auto")))
-    _load_module(str(spec.path), spec.sha256, device)
+    # have no GPU; locally on the device, so that the per-process cache is warm); the backend
+    # and its conversion too (once, cached), so that a missing package fails before any video
+    device = "cpu" if ray is not None else resolve(options.get("device", "auto"))
+    backend = parse_backend(options.get("backend", "auto"))
+    bf16 = options.get("bf16")
+    bf16 = default_bf16(spec.kind, device) if bf16 is None else bool(bf16)
+    _load_module(str(spec.path), spec.sha256, device, backend, bf16)
     jobs = plan(inputs, output)
 
     def outputs(job) -> list[Path]:

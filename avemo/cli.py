@@ -94,6 +94,14 @@ Device = Annotated[
     str | None,
     typer.Option("--device", help="auto (default: CUDA when there), cpu, cuda or cuda:N."),
 ]
+Backend = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Runtime of the networks: auto (default: the fastest installed, README Speed), "
+        "torch, onnxruntime or openvino (the openvino extra).",
+    ),
+]
 Detector = Annotated[
     str | None, typer.Option("--detector", help="centerface (bundled, default) or scrfd.")
 ]
@@ -220,6 +228,7 @@ def annotate(
         str | None, typer.Option("--format", "-f", help="csv (default), tsv or abaw (challenge).")
     ] = None,
     device: Device = None,
+    backend: Backend = None,
     batch_size: BatchSize = None,
     bf16: Annotated[
         bool | None,
@@ -262,6 +271,7 @@ def annotate(
                 stride=stride,
                 smooth=smooth,
                 device=device,
+                backend=backend,
                 batch_size=batch_size,
                 bf16=bf16,
                 detector=detector,
@@ -586,6 +596,7 @@ def faces(
         int | None, typer.Option("--crop-size", help="Crop side, px: 112 (default) or 224.")
     ] = None,
     device: Device = None,
+    backend: Backend = None,
     overwrite: Overwrite = False,
     progress: Progress = None,
     ray: RayAddress = None,
@@ -610,6 +621,7 @@ def faces(
                 max_faces=max_faces,
                 save_crops=save_crops,
                 device=device,
+                backend=backend,
                 overwrite=overwrite,
                 progress=_progress(progress),
                 ray=ray,
@@ -655,6 +667,7 @@ def extract(
     ] = None,
     batch_size: BatchSize = None,
     device: Device = None,
+    backend: Backend = None,
     bf16: Annotated[
         bool, typer.Option("--bf16", help="bfloat16 autocast (faster on recent CPUs and GPUs).")
     ] = False,
@@ -686,6 +699,7 @@ def extract(
                 pipeline=pipeline,
                 labels=labels,
                 device=device,
+                backend=backend,
                 bf16=bf16,
                 detector=detector,
                 detector_model=detector_model,

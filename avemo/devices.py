@@ -9,7 +9,9 @@ host-to-device copies, which every batched forward pass uses.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,17 +46,40 @@ def parse_device(spec: str | DeviceSpec | None = "auto") -> DeviceSpec:
     return DeviceSpec(kind, int(index) if colon else None)
 
 
+@functools.cache
+def cuda_available() -> bool:
+    """Whether a CUDA GPU is usable, without importing torch when it is not loaded yet: the
+    driver library (``libcuda``) is asked for its device count, as torch itself does at start."""
+    if "torch" in sys.modules:
+        return bool(sys.modules["torch"].cuda.is_available())
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return False
+    return count.value > 0
+
+
+def resolve(spec: str | DeviceSpec | None = "auto") -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``: what ``spec`` comes to on this machine (``auto``: CUDA
+    when there is a GPU); a CUDA device that is not there is an error. Imports no torch."""
+    parsed = parse_device(spec)
+    if parsed.kind == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if parsed.kind == "cuda" and not cuda_available():
+        raise AvemoError(f"device {str(parsed)!r} requested but CUDA is not available")
+    return str(parsed)
+
+
 def torch_device(spec: str | DeviceSpec | None = "auto"):
     """The torch device of ``spec``; a CUDA device that is not there is an error."""
     import torch
 
-    parsed = parse_device(spec)
-    if parsed.kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if parsed.kind == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise AvemoError(f"device {str(parsed)!r} requested but CUDA is not available")
+    parsed = parse_device(resolve(spec))
     if parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise AvemoError(
             f"device {str(parsed)!r}: only {torch.cuda.device_count()} GPU(s) visible"

@@ -211,11 +211,11 @@ class _Outputs:
                 if self.scratch is None
                 else np.lib.format.open_memmap(self.scratch, "w+", np.float32, shape)
             )
-        self.visual[ends] = visual.cpu().numpy()
+        self.visual[ends] = visual
         if audio is not None:
             if self.audio is None:
                 self.audio = np.empty((self.n, audio.shape[1]), np.float32)
-            self.audio[ends] = audio.cpu().numpy()
+            self.audio[ends] = audio
 
 
 def _video_faces(source: Source, detector, detect_every: int):
@@ -352,13 +352,18 @@ def _sibling(output: Path, source: Source) -> Features | None:
 
 
 @functools.lru_cache(maxsize=2)
-def _engine(visual, audio, pipeline, device: str, batch_size: int, bf16: bool) -> FeatureEngine:
-    """The backbones, loaded once per process (a batch, or a Ray worker's many videos)."""
+def _engine(
+    visual, audio, pipeline, device: str, batch_size: int, bf16: bool, backend: str = "auto"
+) -> FeatureEngine:
+    """The backbones on their backends, loaded once per process (a batch, or a Ray worker's
+    many videos)."""
     from avemo.devices import torch_device
 
     device = torch_device(device)
     backbones = load_backbones(visual, audio, pipeline=pipeline, device=device)
-    return FeatureEngine(backbones, device=device, batch_size=batch_size, bf16=bf16)
+    return FeatureEngine(
+        backbones, device=device, batch_size=batch_size, bf16=bf16, backend=backend
+    )
 
 
 def extract_job(
@@ -425,6 +430,7 @@ def extract(
     gpus_per_video: float | None = None,
     cpus_per_video: float | None = None,
     retries: int | None = None,
+    backend: str = "auto",
 ):
     """Extract the features of every crops folder (or every labelled video) into ``output``.
 
@@ -464,20 +470,23 @@ def extract(
         # a Ray worker resolves the device it was given (auto: the GPU Ray assigned it)
         detector_args = (
             detector, detector_model, detect_size, threshold,
-            requested if on_ray else str(device),
+            requested if on_ray else str(device), backend,
         )  # fmt: skip
         # the options checked here, before any video
-        cached_detector(*detector_args[:4], "cpu" if on_ray else str(device))
+        cached_detector(*detector_args[:4], "cpu" if on_ray else str(device), backend)
     else:
         sources = find_sources(videos, crops, names)
         detector_args = None
-    engine_args = (visual, audio, pipeline, requested if on_ray else str(device), batch_size, bf16)
+    engine_args = (
+        visual, audio, pipeline, requested if on_ray else str(device), batch_size, bf16, backend
+    )  # fmt: skip
     if on_ray:  # the driver only needs the backbones' description
         backbones = load_backbones(visual, audio, pipeline=pipeline, device="cpu")
     else:
         backbones = _engine(*engine_args).backbones
     description = cache_description(backbones)
     description["precision"] = "bf16 autocast" if bf16 else "fp32"
+    description["backend"] = backend
     cache_json = output / CACHE_JSON
     if cache_json.exists() and not overwrite:
         existing = read_cache_info(output)

@@ -37,13 +37,19 @@ def faces(
     max_faces: int = 1,
     device: str = "auto",
     progress: bool = False,
+    backend: str = "auto",
 ) -> pd.DataFrame:
     """The faces table of one video: one row per decoded frame and kept face track."""
     from avemo.face.detect import build_detector
     from avemo.face.scan import detect_tracks, faces_table
 
     found = build_detector(
-        detector, detector_model, size=detect_size, threshold=threshold, device=device
+        detector,
+        detector_model,
+        size=detect_size,
+        threshold=threshold,
+        device=device,
+        backend=backend,
     )
     scan = detect_tracks(path, found, detect_every=detect_every, progress=progress)
     return faces_table(scan, max_faces)
@@ -63,6 +69,7 @@ def faces_job(
     crop_size: int,
     progress: bool,
     overwrite: bool = False,
+    backend: str = "auto",
 ) -> dict:
     """One video of a batch, as a picklable per-job function (what a Ray worker runs): its
     faces table and crops; returns this process's detector loads so far."""
@@ -70,7 +77,7 @@ def faces_job(
     from avemo.face.scan import save_crops as write_crops
     from avemo.writers import get_writer
 
-    found = cached_detector(detector, detector_model, detect_size, threshold, device)
+    found = cached_detector(detector, detector_model, detect_size, threshold, device, backend)
     scan = detect_tracks(job.source, found, detect_every=detect_every, progress=progress)
     if save_crops:
         for track in scan.tracks(max_faces):
@@ -103,6 +110,7 @@ def faces_videos(
     gpus_per_video: float | None = None,
     cpus_per_video: float | None = None,
     retries: int | None = None,
+    backend: str = "auto",
 ):
     """The batch behind ``avemo faces``: every video under ``inputs`` into ``output``.
 
@@ -128,7 +136,9 @@ def faces_videos(
         progress=progress,
     )
     # options checked here, before any file (on Ray with the CPU: the driver may have no GPU)
-    cached_detector(detector, detector_model, detect_size, threshold, "cpu" if on_ray else device)
+    cached_detector(
+        detector, detector_model, detect_size, threshold, "cpu" if on_ray else device, backend
+    )
     jobs = plan(inputs, output)  # the output folder is made only when the options are good
     process = functools.partial(
         faces_job,
@@ -137,6 +147,7 @@ def faces_videos(
         detect_size=detect_size,
         threshold=threshold,
         device=device,
+        backend=backend,
         detect_every=detect_every,
         max_faces=max_faces,
         save_crops=save_crops,

@@ -19,37 +19,51 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from avemo import backends
 from avemo.clips import CLIP_FRAMES, CLIP_WINDOW, NO_FRAME, clip_ends, clip_frames
-from avemo.devices import autocast, to_device
 from avemo.errors import AvemoError
-from avemo.models.backbones import normalise_clips
-from avemo.spectrogram import LogMel, clip_waveforms
+from avemo.spectrogram import N_FRAMES, N_MELS, LogMel, clip_waveforms
 
 DEFAULT_BATCH_SIZE = 8  # clips per forward pass: on 2 CPU cores larger batches are no faster and
 # raise peak memory (benchmarks/annotate.py)
+
+
+def weights_digest(module) -> str:
+    """sha256 of a torch module's tensors (names, shapes, bytes): the cache key of a network
+    that did not come from a checkpoint file."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(bytes(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
 
 
 @dataclass
 class Backbones:
     """The frozen visual and audio backbones, with what a feature cache records about them."""
 
-    visual: torch.nn.Module  # normalised clips B x 3 x T x H x W -> B x Dv
-    audio: torch.nn.Module  # spectrograms B x 1 x 64 x 107 -> B x Da
+    visual: object  # torch module: normalised clips B x 3 x T x H x W -> B x Dv
+    audio: object  # torch module: spectrograms B x 1 x 64 x 107 -> B x Da
     description: dict  # role -> builder, kwargs, preprocessing, checkpoint, sha256, part, trained
+    runtimes: dict = field(default_factory=dict)  # (role, backend, device, bf16) -> network
 
     @property
     def visual_preprocessing(self) -> dict:
         return self.description["visual"]["preprocessing"]
 
     @classmethod
-    def of_pipeline(cls, pipeline: torch.nn.Module) -> Backbones:
-        """The backbones of a loaded :class:`avemo.models.Pipeline`."""
+    def of_pipeline(cls, pipeline, sha256: str | None = None) -> Backbones:
+        """The backbones of a loaded :class:`avemo.models.Pipeline` (``sha256``: of its
+        checkpoint file; the key of the backbones' converted networks)."""
         description = {}
         for role in ("visual", "audio"):
             config = getattr(pipeline, role).avemo_config
@@ -58,7 +72,59 @@ class Backbones:
                 "kwargs": config["kwargs"],
                 "preprocessing": config["preprocessing"],
             }
-        return cls(pipeline.visual, pipeline.audio, description)
+            if sha256 is not None:
+                description[role].update(sha256=sha256, part=role)
+        runtimes = pipeline.__dict__.setdefault("avemo_runtimes", {})
+        return cls(pipeline.visual, pipeline.audio, description, runtimes)
+
+    def source(self, role: str) -> backends.Source:
+        """The ``visual`` or ``audio`` backbone for :func:`avemo.backends.load` (uint8 clips in,
+        with the backbone's normalisation inside; log-mel spectrograms in)."""
+        from avemo.models import deploy
+
+        entry = self.description[role]
+        module = getattr(self, role)
+        key = {
+            "checkpoint": entry.get("sha256") or weights_digest(module),
+            "part": entry.get("part"),
+            "builder": entry["builder"],
+            "kwargs": entry["kwargs"],
+            "preprocessing": entry["preprocessing"],
+        }
+        if role == "visual":
+            size = _side(entry["preprocessing"])
+            shape = (2, CLIP_FRAMES, size, size, 3)
+            return backends.Source(
+                "visual",
+                key,
+                inputs=("clips",),
+                outputs=("features",),
+                module=lambda: deploy.VisualNetwork(module, entry["preprocessing"]),
+                example=lambda: (np.zeros(shape, np.uint8),),
+            )
+        return backends.Source(
+            "audio",
+            key,
+            inputs=("spectrograms",),
+            outputs=("features",),
+            module=lambda: deploy.AudioNetwork(module),
+            example=lambda: (np.zeros((2, 1, N_MELS, N_FRAMES), np.float32),),
+        )
+
+    def runtime(self, role: str, backend: str, device, bf16: bool):
+        """The ``role`` backbone loaded on ``backend`` (:func:`avemo.backends.load`), once per
+        settings for the life of these backbones."""
+        key = (role, backend, str(device), bool(bf16))
+        if key not in self.runtimes:
+            self.runtimes[key] = backends.load(
+                self.source(role), backend=backend, device=device, bf16=bf16
+            )
+        return self.runtimes[key]
+
+
+def _side(preprocessing: dict) -> int:
+    size = preprocessing["size"]
+    return int(size[0] if isinstance(size, list | tuple) else size)
 
 
 def load_backbones(
@@ -121,48 +187,48 @@ class _NoTimer:
 
 
 class FeatureEngine:
-    """Clips and waveforms -> backbone features, batched on ``device``.
+    """Clips and waveforms -> backbone features, batched, each backbone on ``backend``.
 
-    Clips are uint8 ``B x T x H x W x 3`` RGB (what alignment gives), normalised here with the
-    visual backbone's own preprocessing record; waveforms ``B x S`` at 44.1 kHz become log-mel
-    spectrograms here (:class:`avemo.spectrogram.LogMel`). ``bf16`` runs both backbones under
-    bfloat16 autocast; features come back as float32 either way.
+    Clips are uint8 ``B x T x H x W x 3`` RGB (what alignment gives), normalised inside the
+    visual network with the backbone's own preprocessing record; waveforms ``B x S`` at 44.1 kHz
+    become log-mel spectrograms here (:class:`avemo.spectrogram.LogMel`, torchaudio on the CPU or
+    the torch device). ``bf16`` runs both backbones in bfloat16 where the backend can (torch
+    autocast, OpenVINO); features come back as float32 arrays either way.
     """
 
     def __init__(
         self,
         backbones: Backbones,
         *,
-        device: torch.device,
+        device="cpu",
         batch_size: int = DEFAULT_BATCH_SIZE,
         bf16: bool = False,
         timer=None,
+        backend: str = "auto",
     ) -> None:
-        self.backbones, self.device = backbones, torch.device(device)
+        self.backbones, self.device = backbones, device
         self.batch_size, self.bf16 = max(int(batch_size), 1), bool(bf16)
         self.timer = timer or _NoTimer()
         self.preprocessing = backbones.visual_preprocessing
-        size = self.preprocessing["size"]
-        self.size = int(size[0] if isinstance(size, list | tuple) else size)
-        self.logmel = LogMel().to(self.device)
-        # 3D convolutions run faster on channels-last clips (oneDNN, cuDNN); a no-op for the rest
-        self.memory_format = torch.channels_last_3d
-        for module in backbones.visual.modules():
-            if isinstance(module, torch.nn.Conv3d):
-                module.to(memory_format=self.memory_format)
+        self.size = _side(self.preprocessing)
+        self.visual = backbones.runtime("visual", backend, device, self.bf16)
+        self.audio = backbones.runtime("audio", backend, device, self.bf16)
+        self.backend = {"visual": self.visual.backend, "audio": self.audio.backend}
+        # the spectrogram where the audio network runs: on the GPU with torch on CUDA
+        on_torch = self.audio.backend == "torch"
+        self.logmel = LogMel().to(self.audio.device if on_torch else "cpu")
 
-    def encode(
-        self, clips: np.ndarray, waves: np.ndarray | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """``(audio B x Da or None, visual B x Dv)`` float32 features on the engine's device;
-        ``waves=None`` skips the audio backbone."""
-        with self.timer("backbones"), torch.inference_mode():
-            x = to_device(clips, self.device).permute(0, 4, 1, 2, 3)
-            x = normalise_clips(x, self.preprocessing).contiguous(memory_format=self.memory_format)
-            specs = None if waves is None else self.logmel(to_device(waves, self.device))
-            with autocast(self.device, self.bf16):
-                visual = self.backbones.visual(x).float()
-                audio = None if specs is None else self.backbones.audio(specs).float()
+    def encode(self, clips: np.ndarray, waves: np.ndarray | None):
+        """``(audio B x Da or None, visual B x Dv)`` float32 feature arrays; ``waves=None``
+        skips the audio backbone."""
+        with self.timer("backbones"):
+            (visual,) = self.visual(np.ascontiguousarray(clips))
+            audio = None
+            if waves is not None:
+                specs = self.logmel(np.ascontiguousarray(waves, dtype=np.float32))
+                if self.audio.backend != "torch":
+                    specs = specs.cpu().numpy()
+                (audio,) = self.audio(specs)
         return audio, visual
 
 
@@ -175,7 +241,7 @@ def needed_frames(present: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return needed
 
 
-Batch = tuple[np.ndarray, torch.Tensor | None, torch.Tensor]  # end frames, audio, visual
+Batch = tuple[np.ndarray, np.ndarray | None, np.ndarray]  # end frames, audio, visual
 
 
 class ClipStream:

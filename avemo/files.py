@@ -196,3 +196,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def cache_dir() -> Path:
+    """avemo's cache (downloaded weights, converted networks): ``$AVEMO_HOME``, else
+    ``$XDG_CACHE_HOME/avemo``, else ``~/.cache/avemo``."""
+    if os.environ.get("AVEMO_HOME"):
+        return Path(os.environ["AVEMO_HOME"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "avemo"
+    return Path.home() / ".cache" / "avemo"

@@ -43,7 +43,7 @@ from pathlib import Path
 from avemo import models
 from avemo.download import Cut, Failed, fetch
 from avemo.errors import AvemoError, InputError
-from avemo.files import atomic_path, sha256_file
+from avemo.files import atomic_path, cache_dir, sha256_file
 from avemo.weights import DIRECTORY
 
 log = logging.getLogger("avemo")
@@ -460,15 +460,6 @@ def _pipeline_names() -> list[str]:
 
 
 # --- cache -------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """``$AVEMO_HOME``, else ``$XDG_CACHE_HOME/avemo``, else ``~/.cache/avemo``."""
-    if os.environ.get("AVEMO_HOME"):
-        return Path(os.environ["AVEMO_HOME"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "avemo"
-    return Path.home() / ".cache" / "avemo"
 
 
 def load_state() -> dict[str, dict]:

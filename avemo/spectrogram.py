@@ -8,7 +8,6 @@ the window starts before the audio does.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from avemo.clips import CLIP_WINDOW
 
@@ -23,12 +22,16 @@ DB_STD = 19.895  # dB
 N_FRAMES = 107  # spectrogram frames kept per clip (the last ones; left-zero-padded)
 
 
-class LogMel(torch.nn.Module):
-    """Waveforms ``B x S`` at 44.1 kHz -> normalised log-mel spectrograms ``B x 1 x 64 x 107``."""
+class LogMel:
+    """Waveforms ``B x S`` at 44.1 kHz -> normalised log-mel spectrograms ``B x 1 x 64 x 107``.
+
+    torchaudio's transforms, on a torch device (:meth:`to`); torch and torchaudio are imported
+    here, not with the module, so that the audio-free default path never loads them.
+    """
 
     def __init__(self):
-        super().__init__()
-        import torchaudio  # here, so that `import avemo.models` does not load torchaudio
+        import torch
+        import torchaudio
 
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=SAMPLE_RATE,
@@ -42,15 +45,23 @@ class LogMel(torch.nn.Module):
         )
         self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=TOP_DB)
 
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        # B x 1 x M x T: AmplitudeToDB applies top_db per item only with a channel axis (on a
-        # B x M x T tensor it would clamp against the peak of the whole batch)
-        spec = self.to_db(self.mel(waveforms.float()).unsqueeze(1))
-        spec = (spec - DB_MEAN) / DB_STD
-        frames = spec.shape[-1]
-        if frames >= N_FRAMES:
-            return spec[..., frames - N_FRAMES :]
-        return torch.nn.functional.pad(spec, (N_FRAMES - frames, 0))
+    def to(self, device) -> LogMel:
+        self.mel.to(device)
+        self.to_db.to(device)
+        return self
+
+    def __call__(self, waveforms):
+        import torch
+
+        with torch.inference_mode():
+            # B x 1 x M x T: AmplitudeToDB applies top_db per item only with a channel axis (on a
+            # B x M x T tensor it would clamp against the peak of the whole batch)
+            spec = self.to_db(self.mel(torch.as_tensor(waveforms).float()).unsqueeze(1))
+            spec = (spec - DB_MEAN) / DB_STD
+            frames = spec.shape[-1]
+            if frames >= N_FRAMES:
+                return spec[..., frames - N_FRAMES :]
+            return torch.nn.functional.pad(spec, (N_FRAMES - frames, 0))
 
 
 def window_bounds(times: np.ndarray, end: int, fps: float) -> tuple[float, float]:

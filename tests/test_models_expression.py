@@ -15,7 +15,7 @@ from PIL import Image
 from avemo import hub, models
 from avemo.face import align
 from avemo.files import sha256_file
-from avemo.models import expression
+from avemo.models import expression, mini_xception
 from avemo.values import expression_probabilities
 
 REFERENCE = Path(__file__).parent / "data" / "fer_reference.npz"
@@ -129,17 +129,17 @@ def test_expression_to_va_is_the_probability_weighted_table():
 
 def test_preprocess_matches_fer_normalisation():
     crops = np.array([[[0, 255], [51, 204]]], dtype=np.uint8).repeat(32, 1).repeat(32, 2)
-    x = expression.preprocess(crops)
+    x = mini_xception.preprocess(crops)
     assert x.shape == (1, 1, 64, 64) and x.dtype == torch.float32
     assert x.min() == -1.0 and x.max() == 1.0
     expected = (crops.astype(np.float32) / 255.0 - 0.5) * 2.0
     np.testing.assert_allclose(x[:, 0].numpy(), expected, atol=1e-7)
     with pytest.raises(ValueError, match="64 x 64"):
-        expression.preprocess(np.zeros((2, 48, 48), np.uint8))
+        mini_xception.preprocess(np.zeros((2, 48, 48), np.uint8))
 
 
 def test_same_max_pool_pads_at_the_end_like_tensorflow():
-    pool = expression._SameMaxPool()
+    pool = mini_xception._SameMaxPool()
     x = torch.arange(36.0).reshape(1, 1, 6, 6) * -1  # largest values first
     out = pool(x)
     assert out.shape == (1, 1, 3, 3)  # ceil(6 / 2)

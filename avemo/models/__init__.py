@@ -12,31 +12,47 @@ anywhere.
 - :mod:`~avemo.models.heads`: JCA and the ablation baselines (SPEC 5.1, 5.4).
 - :mod:`~avemo.models.jca_tbiom`: the journal JCA as released (SPEC 5.2).
 - :mod:`~avemo.models.jmt`: the joint multimodal transformer (SPEC 5.3).
-- :mod:`~avemo.models.expression`: the FER2013 mini-Xception of the default model.
+- :mod:`~avemo.models.expression`: what the default model means (classes, valence/arousal
+  table, crop framing; no torch), :mod:`~avemo.models.mini_xception` its FER2013 network.
+- :mod:`~avemo.models.deploy`: the networks as the runtimes run them, and ONNX export.
 - :mod:`~avemo.models.pipeline`: ``Pipeline`` and ``assemble`` (backbones + head in one).
 - :mod:`~avemo.models.layouts`: the published checkpoints' key layouts -> avemo modules.
 """
 
-from avemo.models.checkpoint import (
-    FORMAT,
-    METADATA_KEY,
-    UNTRAINED,
-    header_of,
-    load,
-    read_header,
-    save,
-)
-from avemo.models.pipeline import Pipeline, assemble
-from avemo.models.registry import (
-    COMPONENTS,
-    ROLES,
-    Builder,
-    build,
-    builder,
-    builders,
-    register,
-    role_of,
-)
+import importlib
+
+# name -> the submodule defining it. Loaded on first use (PEP 562), so that reading a header,
+# the role map or the default model's constants (avemo.models.expression) does not import torch:
+# the default annotate path runs without it when a non-torch backend is installed.
+_EXPORTS = {
+    **dict.fromkeys(
+        ("FORMAT", "METADATA_KEY", "UNTRAINED", "header_of", "load", "read_header", "save"),
+        "checkpoint",
+    ),
+    **dict.fromkeys(("Pipeline", "assemble"), "pipeline"),
+    **dict.fromkeys(
+        ("COMPONENTS", "ROLES", "Builder", "build", "builder", "builders", "register", "role_of"),
+        "registry",
+    ),
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"avemo.models.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule: avemo.models.backbones and the like
+        return importlib.import_module(f"avemo.models.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"avemo.models.{name}":
+            raise
+    raise AttributeError(f"module 'avemo.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "COMPONENTS",

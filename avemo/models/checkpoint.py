@@ -21,13 +21,15 @@ import json
 import os
 import struct
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from avemo.errors import AvemoError
 from avemo.files import atomic_path
 from avemo.models.registry import _jsonable, build, builder
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: read_header needs none
+    import torch
+    from torch import nn
 
 FORMAT = 1  # version of the checkpoint header
 METADATA_KEY = "avemo"  # safetensors metadata key holding the JSON header
@@ -120,7 +122,7 @@ def _metadata(path: Path) -> dict[str, str]:
 
     _check_file(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:  # no torch needed
             return handle.metadata() or {}
     except SafetensorError as error:
         if "incomplete" in str(error) or "not fully covered" in str(error):
@@ -154,6 +156,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
     bounded by the size of the file. The module carries the file's header as
     ``module.avemo_header``.
     """
+    import torch
     from safetensors.torch import load_file
 
     path = Path(path)

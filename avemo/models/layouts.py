@@ -19,13 +19,15 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from avemo.errors import AvemoError, InputError
 from avemo.files import sha256_file
 from avemo.metrics import DIMENSIONS  # option ``dimension``: what a one-output CVPRW file regresses
 from avemo.models.registry import build
+
+if TYPE_CHECKING:  # torch is imported where tensors are read: the format names need none
+    import torch
 
 SUFFIX = ".safetensors"
 WRAPPER_KEYS = ("state_dict", "net", "model_state_dict", "model")  # checked in this order
@@ -59,6 +61,8 @@ _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*) was not an allowed global
 
 def _torch_load(data: bytes | Path, where: Path) -> object:
     """``torch.load(weights_only=True)`` with errors turned into one clear line."""
+    import torch
+
     handle = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
@@ -141,6 +145,8 @@ def _archive_member(path: Path, member: str | None) -> tuple[bytes, str] | None:
 
 def _find_state_dict(obj: object, where: Path | None) -> tuple[dict[str, torch.Tensor], str | None]:
     """The state dict in a loaded object, and the wrapper key it was found under."""
+    import torch
+
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj), None
     if isinstance(obj, Mapping):
@@ -652,6 +658,8 @@ class Mapped:
 
 def map_keys(state: Mapping[str, torch.Tensor], layout: Layout) -> Mapped:
     """Rename every source key by the layout's tables (first matching rule wins)."""
+    import torch
+
     canonical = dict(state)
     problems = []
     for pattern, target in layout.aliases:
@@ -700,6 +708,8 @@ def _weight_norm_targets(expected: Mapping[str, torch.Tensor], tensors: dict) ->
     New-style parametrisations hold them as ``parametrizations.weight.original0/1``; a plain
     ``weight`` gets ``g * v / ||v||`` (norm over every dimension but 0).
     """
+    import torch
+
     for key in [k for k in tensors if k.endswith(".weight_g")]:
         base = key[: -len(".weight_g")]
         v_key = base + ".weight_v"
@@ -723,6 +733,8 @@ def fill(module: torch.nn.Module, part: Part, tensors: dict[str, torch.Tensor]) 
     ``num_batches_tracked`` counters absent from old checkpoints are set to 0 (they do not
     affect evaluation); tensors matched by ``part.untrained`` keep their initialisation.
     """
+    import torch
+
     expected = module.state_dict()
     tensors = dict(tensors)
     notes = []
@@ -783,6 +795,8 @@ def build_filled(part: Part, tensors: dict[str, torch.Tensor]) -> tuple[torch.nn
     no memory) unless the part keeps some initialised tensors (``Part.untrained``), or the module
     holds tensors that a state dict does not carry.
     """
+    import torch
+
     if not part.untrained:
         with torch.device("meta"):
             module = build(part.builder, **part.kwargs)

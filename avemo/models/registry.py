@@ -14,9 +14,10 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch only for annotations: the registry's names and roles load without it
+    from torch import nn
 
 # the parts of a pipeline: role -> the component a checkpoint of that role holds (the one map)
 ROLES = {"visual": "visual_backbone", "audio": "audio_backbone", "head": "head"}
@@ -28,7 +29,7 @@ BUILDER_MODULES = (
     "avemo.models.heads",
     "avemo.models.jca_tbiom",
     "avemo.models.jmt",
-    "avemo.models.expression",
+    "avemo.models.mini_xception",
     "avemo.models.pipeline",
 )
 

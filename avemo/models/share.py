@@ -56,7 +56,12 @@ def audio_share(
     parts = [getattr(head, name, None) for name in SUB_HEADS]
     if all(isinstance(part, nn.Module) for part in parts):
         shares = torch.stack([audio_share(part, audio, visual)[1] for part in parts])
-        return head(audio, visual), shares.nanmean(dim=0)
+        # nanmean, spelled out so that it exports to ONNX (which has no nanmean)
+        known = ~shares.isnan()
+        total = torch.where(known, shares, torch.zeros_like(shares)).sum(dim=0)
+        count = known.sum(dim=0)
+        mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, torch.nan))
+        return head(audio, visual), mean
     out, fused = fuse_with_representation(head, audio, visual)
     _, no_audio = fuse_with_representation(head, torch.zeros_like(audio), visual)
     _, no_visual = fuse_with_representation(head, audio, torch.zeros_like(visual))
