@@ -33,9 +33,11 @@ from avemo.features import DEFAULT_BATCH_SIZE
 from avemo.files import sha256_file
 
 DEFAULT_MODEL = "fer-mini-xception"  # the bundled offline default (see README, "Default model")
-# default --stride per kind of model: chosen so that 640x480 30 fps runs at the speed targets on a
-# 2-core CPU (benchmarks/annotate.py); must divide 32
-DEFAULT_STRIDE = {"expression": 1, "pipeline": 8}
+# default --stride per kind of model (must divide 32): the largest whose smoothed per-frame output
+# agrees with stride 1 at CCC >= 0.98 (pipelines: 0.995 / 0.992 at 4, 0.973 / 0.972 at 8), which
+# on a 2-core CPU still runs 640x480 30 fps in real time with OpenVINO (benchmarks/annotate.py;
+# README, Speed)
+DEFAULT_STRIDE = {"expression": 1, "pipeline": 4}
 EXPRESSION_BATCH_FACTOR = 4  # the expression model takes this many faces per clip of a batch
 # per-modality reliability (README, Annotate): how well the face could be seen, whether someone
 # speaks, how much of a fusion head's representation comes from the audio
@@ -198,11 +200,15 @@ def annotate(
     stride = _stride(stride, spec.kind)
     backend = parse_backend(backend)
     where = resolve(device)
+    # --bf16/--no-bf16 applies to every network; unset, each network's own default
+    detect_bf16 = bf16
     bf16 = default_bf16(spec.kind, where) if bf16 is None else bool(bf16)
     net = _load_module(str(spec.path), spec.sha256, where, backend, bf16)
     timer = Timer()
 
-    found = cached_detector(detector, detector_model, detect_size, threshold, device, backend)
+    found = cached_detector(
+        detector, detector_model, detect_size, threshold, device, backend, detect_bf16
+    )
 
     def detect(image):
         with timer("detect"):
@@ -462,6 +468,7 @@ def annotate_videos(
     from avemo.writers import get_writer
 
     # whole-run problems are usage errors found before any video is processed
+    parse_backend(options.get("backend", "auto"))
     writer = get_writer(fmt)
     max_faces = int(options.get("max_faces", 1))
     if writer.max_faces is not None and max_faces > writer.max_faces:

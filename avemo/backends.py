@@ -43,22 +43,27 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 NETWORKS = ("detector", "expression", "visual", "audio", "head")
 # The fastest backend first, per device, network and precision (bf16: whether bf16 is asked for).
 # Measured by benchmarks/backends.py on this project's 2-core AMD EPYC (AVX512-BF16) with
-# onnxruntime 1.32, OpenVINO 2026.4, torch 2.14 (README, Speed). On CUDA, torch runs the networks
-# (cuDNN, bf16 autocast) and onnxruntime-gpu the detector; OpenVINO here targets the CPU only.
+# onnxruntime 1.32, OpenVINO 2026.4, torch 2.14 (items/s at batch 8, float32 / bfloat16):
+# expression model 5234 / 7192 OpenVINO, 2820 onnxruntime, 1827 / 2148 torch; CenterFace 130 /
+# 251 OpenVINO, 146 onnxruntime; R(2+1)D-18 5.6 / 11.2 OpenVINO, 4.3 onnxruntime, 3.8 / 7.9
+# torch; audio ResNet18 471 / 881 OpenVINO, 417 onnxruntime, 312 / 511 torch; JCA head 2479 /
+# 3150 OpenVINO, 2589 onnxruntime (and at batch 1, where annotate runs it: 1025 / 986 vs 1363).
+# On CUDA, torch runs the networks (cuDNN, bf16 autocast) and onnxruntime-gpu the detector;
+# OpenVINO here targets the CPU only.
 AUTO = {
     ("cpu", False): {
         "detector": ("openvino", "onnxruntime"),
         "expression": ("openvino", "onnxruntime", "torch"),
         "visual": ("openvino", "onnxruntime", "torch"),
         "audio": ("openvino", "onnxruntime", "torch"),
-        "head": ("openvino", "onnxruntime", "torch"),
+        "head": ("onnxruntime", "openvino", "torch"),
     },
     ("cpu", True): {
         "detector": ("openvino", "onnxruntime"),
         "expression": ("openvino", "onnxruntime", "torch"),
         "visual": ("openvino", "torch", "onnxruntime"),
         "audio": ("openvino", "torch", "onnxruntime"),
-        "head": ("openvino", "onnxruntime", "torch"),
+        "head": ("onnxruntime", "openvino", "torch"),
     },
     ("cuda", False): {
         "detector": ("onnxruntime",),
@@ -238,6 +243,15 @@ class OnnxRuntimeNetwork:
         return self.session.run(self.outputs, dict(zip(self.inputs, inputs, strict=True)))
 
 
+@functools.cache
+def openvino_bf16() -> bool:
+    """Whether OpenVINO computes bfloat16 natively on this CPU (AVX512-BF16, AMX): elsewhere a
+    bf16 request runs in float32."""
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVinoNetwork:
     """An ONNX graph compiled by OpenVINO for the CPU, in float32 or bfloat16 precision."""
 
@@ -249,6 +263,7 @@ class OpenVinoNetwork:
         core = openvino.Core()
         # compiled blobs are cached too: the next process skips OpenVINO's graph compilation
         core.set_property({"CACHE_DIR": str(cache_dir() / "openvino")})
+        bf16 = bf16 and openvino_bf16()
         self.precision = "bfloat16" if bf16 else "float32"
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",

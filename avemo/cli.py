@@ -218,7 +218,7 @@ def annotate(
         typer.Option(
             "--stride",
             help="Compute clips every K frames (K divides 32) and interpolate the others; "
-            "default: 1 for the expression model, 8 for pipelines.",
+            "default: 1 for the expression model, 4 for pipelines.",
         ),
     ] = None,
     smooth: Annotated[
@@ -234,8 +234,9 @@ def annotate(
         bool | None,
         typer.Option(
             "--bf16/--no-bf16",
-            help="bfloat16 autocast; default: on for pipelines where the hardware has native "
-            "bf16 (about 2x faster), off for the expression model.",
+            help="bfloat16 for every network (--no-bf16: float32 everywhere); default: on where "
+            "the hardware has native bf16 for pipelines' networks (about 2x faster) and the "
+            "face detector on OpenVINO, off for the expression model.",
         ),
     ] = None,
     detector: Detector = None,

@@ -443,10 +443,12 @@ def extract(
     ``gpus_per_video`` ... ``retries`` are its options). Returns the
     :class:`avemo.batch.BatchResult`.
     """
+    from avemo.backends import parse_backend
     from avemo.batch import Job, check_collisions, check_output, run_batch
     from avemo.dataset import label_files
     from avemo.devices import torch_device
 
+    backend = parse_backend(backend)  # a usage error, before anything else
     output = Path(output)
     from avemo import cluster  # light: it imports Ray only for an address
 
@@ -470,10 +472,10 @@ def extract(
         # a Ray worker resolves the device it was given (auto: the GPU Ray assigned it)
         detector_args = (
             detector, detector_model, detect_size, threshold,
-            requested if on_ray else str(device), backend,
+            requested if on_ray else str(device), backend, bf16,
         )  # fmt: skip
         # the options checked here, before any video
-        cached_detector(*detector_args[:4], "cpu" if on_ray else str(device), backend)
+        cached_detector(*detector_args[:4], "cpu" if on_ray else str(device), backend, bf16)
     else:
         sources = find_sources(videos, crops, names)
         detector_args = None

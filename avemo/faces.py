@@ -119,9 +119,11 @@ def faces_videos(
     cluster (:mod:`avemo.cluster`; ``gpus_per_video`` ... ``retries`` are its options). Returns
     the :class:`avemo.batch.BatchResult`.
     """
+    from avemo.backends import parse_backend
     from avemo.batch import plan, run_batch
     from avemo.face.align import CROP_SIZES
 
+    backend = parse_backend(backend)  # a usage error, before anything else
     inputs = list(inputs)
     if crop_size not in CROP_SIZES:
         raise AvemoError(f"--crop-size must be one of {', '.join(map(str, CROP_SIZES))}")

@@ -4,11 +4,13 @@ Builds test videos from the bundled sample clip (a real talking face, played for
 backwards, scaled into a 640x480 frame, with a speech-like audio track) and runs each measurement
 in its own subprocess so that peak memory is per run. Prints one line per run: frames per second
 end to end (decode, detection, alignment, backbones, head, writing), peak RSS and the per-stage
-seconds; then the CCC between the default stride and stride 1.
+seconds; before them the CCC of each stride's output with stride 1's (for the JCA, over several
+random draws of its weights: an untrained network's stride cost depends on the draw).
 
     python benchmarks/annotate.py                 # default model 1 + 10 min, JCA 1 min, strides
     python benchmarks/annotate.py --minutes 1     # quicker
     python benchmarks/annotate.py --skip-jca
+    python benchmarks/annotate.py --backend torch --jca-strides 4 8   # another runtime
 
 The JCA configuration (journal: R(2+1)D-18 112x112 + audio ResNet18 + JCA head, L = 16) has no
 trained weights here; it runs with random weights and ``allow_untrained`` purely to time it.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -82,10 +85,14 @@ def make_video(path: Path, seconds: float) -> Path:
     return path
 
 
-def jca_checkpoint(path: Path) -> Path:
-    """The journal JCA configuration with random weights (speed only; marked untrained)."""
+def jca_checkpoint(path: Path, seed: int = 0) -> Path:
+    """The journal JCA configuration with random weights drawn with ``seed`` (marked
+    untrained)."""
+    import torch
+
     from avemo import models
 
+    torch.manual_seed(seed)
     net = models.build(
         "pipeline",
         visual={"builder": "r2plus1d_18", "kwargs": {}},
@@ -144,14 +151,24 @@ def measure(video: Path, model: str | None, options: dict, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def stride_ccc(a: Path, b: Path) -> tuple[float, float]:
+def stride_ccc(dense: Path, strides) -> list[tuple[float, float]]:
+    """Per stride: CCC of the smoothed output at that stride (the dense raw values on its grid,
+    interpolated) with the smoothed dense output, valence and arousal."""
     import pandas as pd
 
+    from avemo.clips import clip_ends, to_frames
     from avemo.metrics import ccc
+    from avemo.smoothing import smooth
 
-    x, y = pd.read_csv(a), pd.read_csv(b)
-    keep = x["valence"].notna() & y["valence"].notna()
-    return tuple(float(ccc(x.loc[keep, c], y.loc[keep, c])) for c in ("valence", "arousal"))
+    raw = pd.read_csv(dense)[["valence_raw", "arousal_raw"]].to_numpy()
+    reference = smooth(raw)
+    out = []
+    for stride in strides:
+        ends = clip_ends(len(raw), stride)
+        sparse = smooth(to_frames(ends, raw[ends], len(raw)))
+        keep = np.isfinite(reference[:, 0]) & np.isfinite(sparse[:, 0])
+        out.append(tuple(float(ccc(sparse[keep, d], reference[keep, d])) for d in range(2)))
+    return out
 
 
 def report(label: str, r: dict) -> None:
@@ -168,6 +185,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10])
     parser.add_argument("--skip-jca", action="store_true")
+    parser.add_argument("--backend", default="auto", help="--backend of every run (auto)")
+    parser.add_argument(
+        "--seeds", type=int, default=5, help="random JCAs whose stride cost is measured (5)"
+    )
     parser.add_argument("--jca-strides", type=int, nargs="+", default=[DEFAULT_STRIDE["pipeline"]])
     parser.add_argument(
         "--stride-seconds",
@@ -178,21 +199,24 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        # a cache of its own: the first (stride) runs convert the networks, the timed runs
+        # after them find the conversions cached, as every run after a user's first does
+        os.environ["AVEMO_HOME"] = str(tmp / "cache")
         jca = str(jca_checkpoint(tmp / "jca.safetensors"))
         short = make_video(tmp / "short.mp4", args.stride_seconds)
-        for label, model, options, strides in (
-            ("default model", None, {}, (2, 4, 8)),
-            ("JCA (random weights), bf16", jca, {"bf16": True}, (4, 8, 16)),
-        ):
-            if model == jca and args.skip_jca:
-                continue
-            kind = "pipeline" if model else "expression"
-            dense = tmp / f"{kind}_s1.csv"
-            measure(short, model, {**options, "stride": 1}, dense)
-            for stride in strides:
-                sparse = tmp / f"{kind}_s{stride}.csv"
-                measure(short, model, {**options, "stride": stride}, sparse)
-                v, a = stride_ccc(sparse, dense)
+        # what each stride costs, from one stride-1 run per model: the clips a stride computes
+        # are exactly those of stride 1 (tests/test_annotate.py), so a stride's output is the
+        # dense output's values on its grid, interpolated and smoothed as annotate does
+        runs = [("default model", None, {"backend": args.backend}, (2, 4, 8))]
+        if not args.skip_jca:
+            for seed in range(args.seeds):
+                model = str(jca_checkpoint(tmp / f"jca_seed{seed}.safetensors", seed))
+                label = f"JCA (random weights, seed {seed}), bf16"
+                runs.append((label, model, {"bf16": True, "backend": args.backend}, (4, 8, 16)))
+        for label, model, options, strides in runs:
+            dense = tmp / "dense.csv"
+            measure(short, model, {**options, "stride": 1, "smooth": False}, dense)
+            for stride, (v, a) in zip(strides, stride_ccc(dense, strides), strict=True):
                 print(
                     f"{label}: CCC stride {stride} vs stride 1 over {args.stride_seconds:g} s:"
                     f" valence {v:.4f}, arousal {a:.4f}",
@@ -200,12 +224,14 @@ def main() -> None:
                 )
         for minutes in sorted(args.minutes):
             video = make_video(tmp / f"face_{minutes:g}min.mp4", minutes * 60)
-            report(f"default model, {minutes:g} min", measure(video, None, {}, tmp / "d.csv"))
+            default = measure(video, None, {"backend": args.backend}, tmp / "d.csv")
+            report(f"default model, {minutes:g} min", default)
             if args.skip_jca:
                 continue
             for stride in args.jca_strides:
                 for bf16 in (True, False) if minutes == min(args.minutes) else (True,):
-                    r = measure(video, jca, {"bf16": bf16, "stride": stride}, tmp / "jca.csv")
+                    options = {"bf16": bf16, "stride": stride, "backend": args.backend}
+                    r = measure(video, jca, options, tmp / "jca.csv")
                     precision = "bf16" if bf16 else "fp32"
                     report(f"JCA L=16 {precision} stride {stride}, {minutes:g} min", r)
 

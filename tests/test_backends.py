@@ -167,7 +167,8 @@ def test_float32_equals_torch(reference, name, backend):
 def test_bf16_agrees_with_float32(reference, name, backend):
     source, inputs, expected = reference[name]
     network = backends.load(source, backend=backend, device="cpu", bf16=True)
-    assert network.precision == "bfloat16"
+    native = backend == "torch" or backends.openvino_bf16()
+    assert network.precision == ("bfloat16" if native else "float32")
     for a, b in zip(network(*inputs), expected, strict=True):
         keep = np.isfinite(b)
         assert ccc(a[keep].ravel(), b[keep].ravel()) >= BF16_CCC
@@ -188,7 +189,7 @@ def test_centerface_on_openvino_equals_onnxruntime(group_photo):
 
     image = cv2.cvtColor(cv2.imread(str(group_photo)), cv2.COLOR_BGR2RGB)
     onnx = CenterFace(device="cpu", backend="onnxruntime")
-    openvino = CenterFace(device="cpu", backend="openvino")
+    openvino = CenterFace(device="cpu", backend="openvino", bf16=False)
     assert onnx.backend == "onnxruntime" and openvino.backend == "openvino"
     assert CenterFace(device="cpu", backend="torch").backend == "onnxruntime"  # no torch form
     blob = rng().uniform(0, 255, (1, 3, 256, 320)).astype(np.float32)
@@ -197,6 +198,13 @@ def test_centerface_on_openvino_equals_onnxruntime(group_photo):
     a, b = openvino(image), onnx(image)
     assert len(a) == len(b) >= 4
     np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.01)
+    # bfloat16 (the default on OpenVINO where the CPU has it): same faces, landmarks within a
+    # small fraction of the inter-ocular distance
+    fast = CenterFace(device="cpu", backend="openvino")(image)
+    assert len(fast) == len(b)
+    iod = np.linalg.norm(b.landmarks[:, 1] - b.landmarks[:, 0], axis=1)
+    shift = np.linalg.norm(fast.landmarks - b.landmarks, axis=2).max(axis=1) / iod
+    assert np.all(shift < 0.1), shift
 
 
 def test_conversion_is_cached_by_key(reference, monkeypatch, tmp_path):
@@ -242,12 +250,15 @@ def test_default_path_runs_without_torch(carphone, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
+        from avemo import backends
         from avemo.annotate import annotate
         for backend in ("openvino", "onnxruntime"):
             table = annotate({str(carphone)!r}, backend=backend, device="cpu", detect_every=8)
             assert table["valence"].notna().sum() > 100, backend
             runtimes = table.attrs["avemo"]["settings"]["runtimes"]
-            assert runtimes == {{"detector": f"{{backend}} float32",
+            fast = backend == "openvino" and backends.openvino_bf16()
+            precision = "bfloat16" if fast else "float32"
+            assert runtimes == {{"detector": f"{{backend}} {{precision}}",
                                  "expression": f"{{backend}} float32"}}, runtimes
         print("torch" in sys.modules)
         """
@@ -263,8 +274,9 @@ def test_default_path_runs_without_torch(carphone, tmp_path):
 
 def test_annotate_backends_agree(carphone, monkeypatch):
     """End to end, the expression model's raw values on each backend equal torch's within 1e-4
-    when the faces are found by the same detector; OpenVINO's own detector moves landmarks by
-    far less than a pixel, which moves the values by far less than their spread."""
+    when the faces are found by the same detector. OpenVINO's own detector, in bfloat16 by
+    default, moves the landmarks by about 1 % of the inter-ocular distance: on this clip's tiny
+    face (22 px between the eyes) that still changes the values, by CCC 0.992."""
     command = importlib.import_module("avemo.annotate")  # the module (avemo.annotate is also
     # the function's name in the package)
 
@@ -287,7 +299,7 @@ def test_annotate_backends_agree(carphone, monkeypatch):
         np.testing.assert_allclose(got, base, rtol=0, atol=FLOAT32_ATOL, err_msg=backend)
     keep = np.isfinite(base[:, 0])
     for k in range(2):
-        assert ccc(own_detector[keep, k], base[keep, k]) > 0.999
+        assert ccc(own_detector[keep, k], base[keep, k]) > 0.98
 
 
 def test_tiny_pipeline_backends_agree(av_clip, tmp_path):
@@ -300,7 +312,7 @@ def test_tiny_pipeline_backends_agree(av_clip, tmp_path):
     }
     runtimes = tables["openvino"].attrs["avemo"]["settings"]["runtimes"]
     assert runtimes == {
-        "detector": "openvino float32",
+        "detector": "openvino float32",  # --no-bf16: float32 everywhere
         "visual": "openvino float32",
         "audio": "openvino float32",
         "head": "openvino float32",
@@ -310,3 +322,28 @@ def test_tiny_pipeline_backends_agree(av_clip, tmp_path):
     for backend, table in tables.items():
         got = table[["valence_raw", "arousal_raw", "audio_share"]].to_numpy()
         np.testing.assert_allclose(got, base, rtol=0, atol=FLOAT32_ATOL, err_msg=backend)
+
+
+@pytest.mark.parametrize("command", ["annotate", "faces", "extract"])
+def test_cli_bad_backend_is_one_usage_line(carphone, tmp_path, command):
+    from typer.testing import CliRunner
+
+    from avemo.cli import app
+
+    out = tmp_path / "out"
+    extra = ["--pipeline", "none.safetensors"] if command == "extract" else []
+    result = CliRunner().invoke(
+        app, [command, str(carphone), "-o", str(out), "--backend", "tensorrt", *extra]
+    )
+    assert result.exit_code == 2, result.output
+    assert "unknown backend 'tensorrt'" in result.output and "Traceback" not in result.output
+    assert not out.exists()  # refused before anything is written
+
+
+def test_missing_openvino_fails_before_any_video(carphone, tmp_path, monkeypatch):
+    from avemo.annotate import annotate_videos
+
+    monkeypatch.setattr(backends, "installed", lambda backend: backend != "openvino")
+    with pytest.raises(AvemoError, match=r"pip install 'avemo\[openvino\]'"):
+        annotate_videos([carphone], tmp_path / "out", backend="openvino", progress=False)
+    assert not (tmp_path / "out").exists()
