@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avemo.devices import DeviceSpec, cuda_available, onnx_providers, parse_device
+from avemo.devices import DeviceSpec, cpu_bf16, cuda_available, onnx_providers, parse_device
 from avemo.errors import AvemoError
 from avemo.files import atomic_path, cache_dir
 
@@ -41,18 +41,22 @@ log = logging.getLogger("avemo")
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 NETWORKS = ("detector", "expression", "visual", "audio", "head")
-# The fastest backend first, per device, network and precision (bf16: whether bf16 is asked for).
-# Measured by benchmarks/backends.py on this project's 2-core AMD EPYC (AVX512-BF16) with
-# onnxruntime 1.32, OpenVINO 2026.4, torch 2.14 (items/s at batch 8, float32 / bfloat16):
-# expression model 5234 / 7192 OpenVINO, 2820 onnxruntime, 1827 / 2148 torch; CenterFace 130 /
-# 251 OpenVINO, 146 onnxruntime; R(2+1)D-18 5.6 / 11.2 OpenVINO, 4.3 onnxruntime, 3.8 / 7.9
-# torch; audio ResNet18 471 / 881 OpenVINO, 417 onnxruntime, 312 / 511 torch; JCA head 2479 /
-# 3150 OpenVINO, 2589 onnxruntime (and at batch 1, where annotate runs it: 1025 / 986 vs 1363).
+# The fastest backend first, per device, network and precision (bf16: whether bf16 is asked for
+# and the device computes it natively; see choose). Measured by benchmarks/backends.py with
+# onnxruntime 1.32, OpenVINO 2026.4, torch 2.14 (items/s at batch 8; float32 / bfloat16) on a
+# 2-core AMD EPYC with AVX512-BF16: expression model 5234 / 7192 OpenVINO, 2820 onnxruntime,
+# 1827 / 2148 torch; CenterFace 130 / 251 OpenVINO, 146 onnxruntime; R(2+1)D-18 5.6 / 11.2
+# OpenVINO, 4.3 onnxruntime, 3.8 / 7.9 torch; audio ResNet18 471 / 881 OpenVINO, 417
+# onnxruntime, 312 / 511 torch; JCA head 2479 / 3150 OpenVINO, 2589 onnxruntime (and at batch 1,
+# where annotate runs it: 1025 / 986 vs 1363). On a 2-core AMD EPYC with AVX2 only (float32):
+# expression 1997 OpenVINO, 1838 onnxruntime, 702 torch; CenterFace 80 OpenVINO, 87
+# onnxruntime; R(2+1)D-18 2.9 (3.3 at batch 1) OpenVINO, 2.3 onnxruntime and torch; audio 243
+# OpenVINO, 224 onnxruntime, 125 torch; head 772 OpenVINO, 2044 onnxruntime, 609 torch.
 # On CUDA, torch runs the networks (cuDNN, bf16 autocast) and onnxruntime-gpu the detector;
 # OpenVINO here targets the CPU only.
 AUTO = {
     ("cpu", False): {
-        "detector": ("openvino", "onnxruntime"),
+        "detector": ("onnxruntime", "openvino"),
         "expression": ("openvino", "onnxruntime", "torch"),
         "visual": ("openvino", "onnxruntime", "torch"),
         "audio": ("openvino", "onnxruntime", "torch"),
@@ -107,7 +111,10 @@ def choose(backend: str | None, network: str, device="auto", bf16: bool = False)
         raise ValueError(f"unknown network {network!r}")
     kind = device_kind(device)
     if backend == "auto":
-        for candidate in AUTO[(kind, bool(bf16))][network]:
+        # a CPU without native bf16 runs a bf16 request in float32 (OpenVINO) or emulates it
+        # (torch, many times slower): rank by float32 speed there
+        fast_bf16 = bool(bf16) and (kind == "cuda" or cpu_bf16())
+        for candidate in AUTO[(kind, fast_bf16)][network]:
             if installed(candidate):
                 return candidate
         raise AvemoError(f"no backend installed for the {network} network: pip install onnxruntime")

@@ -110,6 +110,22 @@ def onnx_providers(spec: str | DeviceSpec | None = "auto") -> list:
     return [("CUDAExecutionProvider", {"device_id": parsed.index or 0}), *cpu]
 
 
+@functools.cache
+def cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag in
+    ``/proc/cpuinfo``; False where that file is missing), without importing torch: elsewhere
+    bf16 is emulated or runs in float32, and the backends are ranked by their float32 speed."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def native_bf16(device) -> bool:
     """Whether ``device`` (a torch device) computes bfloat16 natively (CPUs with AVX512-BF16 or
     AMX, recent GPUs), where autocast runs the 3D backbones about twice as fast."""

