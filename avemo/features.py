@@ -225,7 +225,7 @@ class FeatureEngine:
             (visual,) = self.visual(np.ascontiguousarray(clips))
             audio = None
             if waves is not None:
-                specs = self.logmel(np.ascontiguousarray(waves, dtype=np.float32))
+                specs = self.logmel(waves)
                 if self.audio.backend != "torch":
                     specs = specs.cpu().numpy()
                 (audio,) = self.audio(specs)

@@ -25,14 +25,16 @@ N_FRAMES = 107  # spectrogram frames kept per clip (the last ones; left-zero-pad
 class LogMel:
     """Waveforms ``B x S`` at 44.1 kHz -> normalised log-mel spectrograms ``B x 1 x 64 x 107``.
 
-    torchaudio's transforms, on a torch device (:meth:`to`); torch and torchaudio are imported
-    here, not with the module, so that the audio-free default path never loads them.
+    torchaudio's transforms, on a torch device (:meth:`to`; waveforms, arrays or tensors
+    anywhere, are moved there); torch and torchaudio are imported here, not with the module, so
+    that the audio-free default path never loads them.
     """
 
     def __init__(self):
         import torch
         import torchaudio
 
+        self.device = torch.device("cpu")
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=SAMPLE_RATE,
             n_fft=N_FFT,
@@ -46,17 +48,21 @@ class LogMel:
         self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=TOP_DB)
 
     def to(self, device) -> LogMel:
-        self.mel.to(device)
-        self.to_db.to(device)
+        import torch
+
+        self.device = torch.device(device)
+        self.mel.to(self.device)
+        self.to_db.to(self.device)
         return self
 
     def __call__(self, waveforms):
         import torch
 
         with torch.inference_mode():
+            waves = torch.as_tensor(waveforms).to(self.device, torch.float32)
             # B x 1 x M x T: AmplitudeToDB applies top_db per item only with a channel axis (on a
             # B x M x T tensor it would clamp against the peak of the whole batch)
-            spec = self.to_db(self.mel(torch.as_tensor(waveforms).float()).unsqueeze(1))
+            spec = self.to_db(self.mel(waves).unsqueeze(1))
             spec = (spec - DB_MEAN) / DB_STD
             frames = spec.shape[-1]
             if frames >= N_FRAMES:

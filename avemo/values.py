@@ -238,6 +238,7 @@ class FusionPredictor:
             self.blocks[int(seq[0]) // self.block].append(seq)
         self._features: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._dims: tuple[int, int] | None = None
+        self.head_network = None  # the head on its backend, once the first block runs
         self.values = np.full((len(self.ends), 2), np.nan, np.float32)
         self.shares = np.full((len(self.ends), 1), np.nan, np.float32)
 
@@ -251,7 +252,8 @@ class FusionPredictor:
             runtimes[key] = backends.load(
                 source, backend=self.backend, device=self.device, bf16=self.bf16
             )
-        return runtimes[key]
+        self.head_network = runtimes[key]
+        return self.head_network
 
     def push(self, index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
         """Feed frame ``index`` (RGB) with this track's 5 landmarks there (NaN without a face);

@@ -53,6 +53,19 @@ def test_matches_independent_computation():
     assert np.allclose(ours, reference_log_mel(wave), atol=2e-3)
 
 
+def test_arrays_and_tensors_give_the_same_spectrogram_on_its_device():
+    """The feature engine hands LogMel numpy waveforms (float32 or float64); they are moved to
+    its device, as tensors are."""
+    wave = tone(WINDOW_30FPS / SR)[None]
+    logmel = LogMel().to("cpu")
+    expected = logmel(torch.from_numpy(wave))
+    for array in (wave, wave.astype(np.float64)):
+        got = logmel(array)
+        assert got.device == logmel.device == torch.device("cpu")
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_top_db_is_applied_per_clip_not_per_batch():
     loud, quiet = tone(1.0667, amplitude=0.9), tone(1.0667, amplitude=1e-4)
     batch = LogMel()(torch.from_numpy(np.stack([loud, quiet])))
